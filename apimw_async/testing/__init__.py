@@ -1,13 +1,30 @@
 """Test support for code that uses ``apimw_async``.
 
-:class:`FakeAPIMW` is a real local HTTP server implementing the APIMW auth endpoints, with
-fault injection (:class:`FaultPlan`) and counters (:class:`FakeStats`); :class:`FakeClock` moves
-time by hand, for both the server's token expiry and the SDK's token manager.
+:class:`FakeAPIMW` is a real local HTTP server implementing every documented APIMW endpoint
+(auth, WhatsApp messages and templates, webhooks with signed deliveries, per-plan rate limits),
+with fault injection (:class:`FaultPlan`) and counters (:class:`FakeStats`); :class:`FakeClock`
+moves time by hand, for the server's token expiry, message statuses and webhook retries as well
+as for the SDK's token manager.
 """
 
 from __future__ import annotations
 
 from .._clock import FakeClock
-from ._fake_server import FAULT_KINDS, FakeAPIMW, FakeStats, FaultPlan
+from ._fake_server import FAULT_KINDS, PLAN_RATE_LIMITS, FakeAPIMW, FakeStats, FaultPlan
+from ._fake_templates import DEFAULT_TEMPLATES
+from ._fake_webhooks import WEBHOOK_EVENTS, FakeWebhook
+from ._fake_whatsapp import PAGINATION_QUIRKS, FakeMessage
 
-__all__ = ["FAULT_KINDS", "FakeAPIMW", "FakeClock", "FakeStats", "FaultPlan"]
+__all__ = [
+    "DEFAULT_TEMPLATES",
+    "FAULT_KINDS",
+    "PAGINATION_QUIRKS",
+    "PLAN_RATE_LIMITS",
+    "WEBHOOK_EVENTS",
+    "FakeAPIMW",
+    "FakeClock",
+    "FakeMessage",
+    "FakeStats",
+    "FakeWebhook",
+    "FaultPlan",
+]

@@ -1,18 +1,31 @@
 """A real, in-process APIMW server for tests, demos and benchmarks.
 
 :class:`FakeAPIMW` runs an :mod:`aiohttp.web` server on ``127.0.0.1`` (a free port by default)
-that implements the documented auth endpoints (``/v1/auth/token``, ``/refresh``, ``/revoke``,
-``/me``) with the documented envelopes and error codes. Tests drive it through:
+that implements every endpoint of the public docs with their envelopes and error codes:
+
+* auth: ``POST /v1/auth/token``, ``/refresh``, ``/revoke`` and ``GET /v1/auth/me``;
+* WhatsApp (:mod:`._fake_whatsapp`): ``POST /v1/whatsapp/messages/send`` and ``/template``,
+  ``GET /v1/whatsapp/messages/{message_id}`` (status moving ``sent`` → ``delivered`` → ``read``
+  or ``failed`` on the server clock) and ``GET /v1/whatsapp/templates`` (a 45-template
+  catalogue, filters, pagination and optional pagination quirks);
+* webhooks (:mod:`._fake_webhooks`): ``POST /v1/webhooks`` with the ownership handshake, then
+  signed event deliveries (``X-APIMW-Signature``) to the receiver with the documented retry
+  schedule, disabling, and optional duplicate deliveries;
+* the per-plan rate limit (opt-in) and ``X-RateLimit-*`` headers on every response.
+
+Tests drive it through:
 
 * test helpers that change server state (:meth:`FakeAPIMW.expire_access_tokens`,
-  :meth:`FakeAPIMW.revoke_all`, ...), with expiry judged on an injectable :class:`Clock`;
+  :meth:`FakeAPIMW.revoke_all`, :meth:`FakeAPIMW.inject_delivery`, ...), with expiry, message
+  statuses, webhook retries and rate-limit windows judged on an injectable :class:`Clock`;
 * :class:`FaultPlan` (``fake.faults``): one-shot or probabilistic errors, dropped connections,
   malformed bodies and delays, optionally *after* the server has committed the operation;
-* :class:`FakeStats` (``fake.stats``): counters, and :meth:`FakeAPIMW.wait_until` to wait for
-  them without polling.
+* :class:`FakeStats` (``fake.stats``): counters, and :meth:`FakeAPIMW.wait_until` /
+  :meth:`FakeAPIMW.wait_for_deliveries` to wait for them without polling.
 
 Where the public docs are silent (see the Gaps in the API notes) the behaviour chosen here is
-documented on the handler and, where a real server could plausibly differ, configurable.
+documented on the handler or its module and, where a real server could plausibly differ,
+configurable.
 
 Example::
 
@@ -25,32 +38,47 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import hashlib
 import hmac
 import itertools
-import json
+import math
 import random
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final, NamedTuple, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, Final
 
 import attrs
 from aiohttp import web
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._models import Credentials
+from ._fake_base import (
+    _API_PREFIX,
+    _BAD_JSON,
+    _HTML,
+    _ROUTES,
+    FakeStats,
+    _b64url,
+    _compact_json,
+    _endpoint,
+    _error,
+    _json_object,
+    _ok,
+    _Reply,
+    _required_str,
+    _Route,
+)
+from ._fake_webhooks import DEFAULT_RETRY_SCHEDULE, _WebhooksMixin
+from ._fake_whatsapp import _WhatsAppMixin
 
-__all__ = ["FAULT_KINDS", "FakeAPIMW", "FakeStats", "FaultPlan"]
+__all__ = ["FAULT_KINDS", "PLAN_RATE_LIMITS", "FakeAPIMW", "FakeStats", "FaultPlan"]
 
 #: The kinds of fault :meth:`FaultPlan.add` accepts.
 FAULT_KINDS: Final = frozenset({"status", "drop", "malformed", "delay"})
 
-_JSON: Final = "application/json"
-_HTML: Final = "text/html; charset=utf-8"
 _DEFAULT_MALFORMED_BODY: Final = b"<html>bad gateway</html>"
-_API_PREFIX: Final = "/v1"
 
 #: The fault codes used when :meth:`FaultPlan.add` is given a status but no code.
 _DEFAULT_CODES: Final = {
@@ -64,14 +92,6 @@ _DEFAULT_CODES: Final = {
 }
 
 
-def _b64url(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _compact_json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode("utf-8")
-
-
 def _number(value: float) -> int | float:
     # The docs type expires_in as an integer; keep fractions only when a test asks for them.
     return int(value) if float(value).is_integer() else value
@@ -79,41 +99,6 @@ def _number(value: float) -> int | float:
 
 #: Always the same, exactly as in the docs' example token: {"alg":"HS256","typ":"JWT"}.
 _JWT_HEADER: Final = _b64url(_compact_json({"alg": "HS256", "typ": "JWT"}))
-
-
-# --- replies and envelopes -------------------------------------------------------------------
-
-
-class _Reply(NamedTuple):
-    """What a handler answers; the dispatcher turns it into a response with the common headers."""
-
-    status: int
-    body: bytes
-    content_type: str = _JSON
-    headers: dict[str, str] | None = None
-
-
-def _ok(data: Any, status: int = 200) -> _Reply:
-    return _Reply(status, _compact_json({"success": True, "data": data}))
-
-
-@functools.lru_cache(maxsize=512)
-def _error_body(code: str, message: str, retry_after: int | None = None) -> bytes:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if retry_after is not None:
-        error["retry_after"] = retry_after
-    return _compact_json({"success": False, "error": error})
-
-
-def _error(
-    status: int,
-    code: str,
-    message: str,
-    *,
-    retry_after: int | None = None,
-    headers: dict[str, str] | None = None,
-) -> _Reply:
-    return _Reply(status, _error_body(code, message, retry_after), _JSON, headers)
 
 
 _MISSING_BEARER: Final = _error(401, "INVALID_TOKEN", "Missing or malformed Authorization header")
@@ -124,58 +109,12 @@ _INVALID_CREDENTIALS: Final = _error(401, "INVALID_CREDENTIALS", "Invalid API Ke
 _INVALID_REFRESH: Final = _error(
     401, "INVALID_REFRESH_TOKEN", "Refresh token is invalid or expired"
 )
-_BAD_JSON: Final = _error(400, "INVALID_REQUEST", "Request body must be a JSON object")
 
-
-# --- statistics ------------------------------------------------------------------------------
-
-
-@attrs.define
-class FakeStats:
-    """Counters of what :class:`FakeAPIMW` received and answered.
-
-    ``*_successes`` count operations the server committed, even when an ``after=True`` fault
-    then replaced the answer. ``calls`` counts requests per endpoint name (``"token"``,
-    ``"refresh"``, ``"revoke"``, ``"me"``).
-    """
-
-    requests: int = 0
-    """Every request received, including unknown paths."""
-    token_calls: int = 0
-    """Every ``POST /auth/token``."""
-    token_successes: int = 0
-    token_calls_with_bearer: int = 0
-    """Token or refresh calls that carried an ``Authorization`` header (clients must not)."""
-    refresh_calls: int = 0
-    refresh_successes: int = 0
-    refresh_reuse: int = 0
-    """A refresh token presented again after it was spent."""
-    invalid_refresh: int = 0
-    """Every ``INVALID_REFRESH_TOKEN`` answer."""
-    invalid_credentials: int = 0
-    revoke_calls: int = 0
-    me_calls: int = 0
-    api_calls: int = 0
-    """Every request to an endpoint other than token and refresh (``me`` and ``revoke`` too)."""
-    unauthorized: int = 0
-    """401 answers on bearer-authenticated endpoints (injected ones included)."""
-    families_revoked: int = 0
-    """Token families revoked by reuse detection."""
-    faults_injected: int = 0
-    unknown_requests: int = 0
-    """Requests that matched no endpoint (answered 404 or 405)."""
-    calls: dict[str, int] = attrs.field(factory=dict)
-
-    def reset(self) -> None:
-        """Set every counter back to zero."""
-        for field in attrs.fields(type(self)):
-            if field.name != "calls":
-                setattr(self, field.name, 0)
-        self.calls.clear()
-
-    def as_dict(self) -> dict[str, Any]:
-        """A snapshot of all counters (``calls`` copied), e.g. for assertions or printing."""
-        return attrs.asdict(self)
+#: Requests per minute of each plan (rate-limits page); ``enterprise`` uses ``rate_limit``.
+PLAN_RATE_LIMITS: Final[Mapping[str, int | None]] = MappingProxyType(
+    {"free": 10, "starter": 60, "professional": 300, "enterprise": None}
+)
+_WINDOW: Final = 60
 
 
 # --- faults ----------------------------------------------------------------------------------
@@ -397,56 +336,6 @@ def _fault_reply(fault: _Fault) -> _Reply:
     return _error(status, code, message, retry_after=fault.retry_after, headers=headers or None)
 
 
-# --- endpoint registry -----------------------------------------------------------------------
-
-
-@attrs.frozen
-class _Route:
-    name: str
-    method: str
-    path: str
-    """Below ``/v1``."""
-    handler: str
-    """Name of the :class:`FakeAPIMW` method, looked up per instance so subclasses can override."""
-    counter: str | None
-    """The :class:`FakeStats` attribute counting calls, besides ``calls[name]``."""
-    token_endpoint: bool
-    """Credential/refresh endpoints: ``token_latency``, no bearer, not an ``api_call``."""
-    bearer: bool
-    """Bearer-authenticated: its 401s count as ``unauthorized``."""
-
-
-_ROUTES: list[_Route] = []
-
-_HandlerT = TypeVar("_HandlerT", bound=Callable[..., Awaitable[_Reply]])
-
-
-def _endpoint(
-    name: str,
-    method: str,
-    path: str,
-    *,
-    counter: str | None = None,
-    token_endpoint: bool = False,
-    bearer: bool = True,
-) -> Callable[[_HandlerT], _HandlerT]:
-    """Register a :class:`FakeAPIMW` method as the handler of endpoint ``name``.
-
-    The dispatcher does the counting, latency, faults and common headers, so a new endpoint is
-    only this decorator on a method ``(self, request) -> _Reply``.
-    """
-
-    def register(handler: _HandlerT) -> _HandlerT:
-        if any(route.name == name for route in _ROUTES):
-            raise ValueError(f"endpoint {name!r} is registered twice")
-        _ROUTES.append(
-            _Route(name, method, path, handler.__name__, counter, token_endpoint, bearer)
-        )
-        return handler
-
-    return register
-
-
 # --- server state ----------------------------------------------------------------------------
 
 
@@ -475,42 +364,63 @@ class _RefreshToken:
     revoked: bool = False
 
 
-async def _json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any] | None:
-    """The request body as a JSON object; ``None`` if it is not one ({} if empty and optional)."""
-    raw = await request.read()
-    if optional and not raw.strip():
-        return {}
-    try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _required_str(body: dict[str, Any], *names: str) -> str | None:
-    for name in names:
-        value = body.get(name)
-        if isinstance(value, str) and value:
-            return value
-    return None
-
-
-class FakeAPIMW:
-    """An APIMW server for tests: real HTTP on ``127.0.0.1``, documented auth endpoints.
+class FakeAPIMW(_WhatsAppMixin, _WebhooksMixin):
+    """An APIMW server for tests: real HTTP on ``127.0.0.1``, every documented endpoint.
 
     Use ``async with FakeAPIMW() as fake:`` (or :meth:`start` / :meth:`close`) and point a
-    client at :attr:`base_url` with :attr:`credentials`. Access-token expiry is judged on
-    ``clock.monotonic()``, so a :class:`~apimw_async.testing.FakeClock` moves it without
-    sleeping; latencies and ``"delay"`` faults are real :func:`asyncio.sleep`.
+    client at :attr:`base_url` with :attr:`credentials`. Access-token expiry, message statuses,
+    webhook retries and rate-limit windows are judged on ``clock`` (``monotonic()``, wall
+    ``time()`` for timestamps and windows), so a :class:`~apimw_async.testing.FakeClock` moves
+    them without sleeping; latencies, ``"delay"`` faults and ``webhook_timeout`` are real time.
 
     The constructor options are also plain attributes that may be changed while running
     (e.g. ``fake.token_lifetime = 5``); they apply to requests handled afterwards.
+
+    Auth options: ``token_lifetime``, ``refresh_token_lifetime``, ``reuse_detection`` (a
+    replayed refresh token revokes its family), ``revoke_access_on_refresh``,
+    ``revoke_refresh_with_access``; ``token_latency`` / ``api_latency`` add real delay.
+
+    Rate limit: ``plan`` (``free`` 10, ``starter`` 60, ``professional`` 300 requests per
+    minute, ``enterprise`` = ``rate_limit``) is also ``tenant.plan`` of ``/auth/me``. With
+    ``enforce_rate_limit=True`` every request to a bearer endpoint (not ``/auth/token`` or
+    ``/auth/refresh``; ``/auth/me`` included, whatever its token) counts in a fixed 60-s window
+    aligned to the wall clock; over the limit the answer is ``429 RATE_LIMIT_EXCEEDED`` with
+    ``error.retry_after`` (seconds to the window's end, at least 1) and, with
+    ``retry_after_header=True``, a ``Retry-After`` header; nothing is performed. Every response
+    carries ``X-RateLimit-Limit``/``-Remaining``/``-Reset`` (epoch seconds of the window end).
+    Not enforced (the default, so demos and benchmarks are not throttled), the headers report
+    ``rate_limit`` and count every response. Hour and day quotas are not modelled.
+
+    WhatsApp: ``templates`` replaces the built-in catalogue (``DEFAULT_TEMPLATES``); a message is
+    ``delivered`` ``delivery_delay`` seconds after it was sent and ``read`` after
+    ``read_delay`` (``None``: never), or ``failed`` instead of delivered when the recipient ends
+    with one of ``failing_numbers``. ``message_id_style="path-unsafe"`` makes ids containing
+    ``/``, ``+`` and ``=`` (test a client's path encoding); ``pagination_quirk``
+    (``"total_lies_high"``, ``"ignores_page"``, ``"no_pagination"``) makes the template listing
+    misbehave in ways a client's pager must survive.
+
+    Webhooks: receivers get the ownership handshake (skipped with ``verify_webhooks=False``),
+    must answer 200 within ``webhook_timeout`` seconds, are retried after the delays of
+    ``webhook_retry_schedule`` and disabled after the last one fails; ``duplicate_deliveries``
+    is the probability that an event is delivered twice (seeded by ``seed``). The server sleeps
+    on ``clock`` only while webhook work is scheduled (at most one sleeper), so tests that
+    count a shared FakeClock's sleepers are unaffected unless they register webhooks.
+
+    Test helpers besides the auth ones: :attr:`messages` (every accepted message and its
+    request body) and :meth:`message_status`; :attr:`webhooks` (live records: ``verified``,
+    ``active``, ``deliveries``, ``failures``; setting ``active`` re-enables one);
+    :meth:`wait_for_deliveries` (after registering, sending or advancing the clock: returns once
+    the handshakes and deliveries due by then are done); :meth:`verify_webhook`,
+    :meth:`inject_delivery` (a payload with a correct, forged, malformed or missing signature)
+    and :meth:`simulate_inbound_message` (a ``message.received`` event).
 
     Choices where the docs are silent: ``/auth/revoke`` needs the bearer header (a revoked
     bearer is still accepted, so a retried revoke answers 200), revokes the ``token`` (or
     ``access_token``) of its JSON body or else the bearer token, and answers 200
     ``{"revoked": true}`` even for unknown tokens, as RFC 7009 does. A missing or garbled
-    bearer answers 401 ``INVALID_TOKEN``.
+    bearer answers 401 ``INVALID_TOKEN`` on every bearer endpoint. Unparseable or non-object
+    JSON bodies answer 400 ``INVALID_REQUEST``. The WhatsApp and webhook choices are listed in
+    the docstrings of :mod:`._fake_whatsapp` and :mod:`._fake_webhooks`.
     """
 
     def __init__(
@@ -530,6 +440,19 @@ class FakeAPIMW:
         rate_limit: int = 1_000_000,
         clock: Clock | None = None,
         seed: int | None = None,
+        plan: str = "professional",
+        enforce_rate_limit: bool = False,
+        retry_after_header: bool = False,
+        templates: Iterable[Mapping[str, Any]] | None = None,
+        delivery_delay: float | None = 1.0,
+        read_delay: float | None = 3.0,
+        failing_numbers: Iterable[str] = ("0000",),
+        message_id_style: str = "urlsafe",
+        pagination_quirk: str | None = None,
+        verify_webhooks: bool = True,
+        webhook_timeout: float = 5.0,
+        webhook_retry_schedule: Iterable[float] = DEFAULT_RETRY_SCHEDULE,
+        duplicate_deliveries: float = 0.0,
     ) -> None:
         self._credentials = Credentials(api_key, api_secret)
         self.host = host
@@ -548,7 +471,11 @@ class FakeAPIMW:
         self.revoke_refresh_with_access = revoke_refresh_with_access
         """Revoking an access token also revokes the refresh token issued with it."""
         self.rate_limit = rate_limit
-        """``X-RateLimit-Limit`` per one-minute window (reported only, not enforced yet)."""
+        """Requests per minute of the ``enterprise`` plan, and the ``X-RateLimit-Limit``
+        reported while the limit is not enforced."""
+        self._enforce_rate_limit = enforce_rate_limit
+        self.retry_after_header = retry_after_header
+        """Also send a standard ``Retry-After`` header with an enforced 429."""
         self.clock: Clock = SYSTEM_CLOCK if clock is None else clock
         self.stats = FakeStats()
         self.faults = FaultPlan((route.name for route in _ROUTES), seed=seed)
@@ -560,18 +487,7 @@ class FakeAPIMW:
         digest = hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()
         self._user_id = f"usr_{digest[:12]}"
         self._tenant_id = f"ten_{digest[12:24]}"
-        self._me_reply = _ok(
-            {
-                "user": {"id": self._user_id, "email": "dev@example.com", "name": "Test Developer"},
-                "tenant": {
-                    "id": self._tenant_id,
-                    "name": "Example Org",
-                    "plan": "professional",
-                    "status": "active",
-                },
-                "permissions": ["whatsapp:send", "whatsapp:templates", "webhooks:manage"],
-            }
-        )
+        self.plan = plan
         self._request_ids = itertools.count(1)
         self._request_id_prefix = secrets.token_hex(4)
         self._rl_window = -1
@@ -580,6 +496,63 @@ class FakeAPIMW:
         self._runner: web.AppRunner | None = None
         self._closing: asyncio.Future[None] | None = None
         self._port: int | None = None
+        self._init_whatsapp(
+            templates=templates,
+            delivery_delay=delivery_delay,
+            read_delay=read_delay,
+            failing_numbers=failing_numbers,
+            message_id_style=message_id_style,
+            pagination_quirk=pagination_quirk,
+        )
+        self._init_webhooks(
+            verify_webhooks=verify_webhooks,
+            webhook_timeout=webhook_timeout,
+            webhook_retry_schedule=webhook_retry_schedule,
+            duplicate_deliveries=duplicate_deliveries,
+            seed=seed,
+        )
+
+    @property
+    def plan(self) -> str:
+        """The tenant's plan: its per-minute quota and ``tenant.plan`` of ``/auth/me``."""
+        return self._plan
+
+    @plan.setter
+    def plan(self, plan: str) -> None:
+        if plan not in PLAN_RATE_LIMITS:
+            raise ValueError(f"plan must be one of {list(PLAN_RATE_LIMITS)}")
+        self._plan = plan
+        self._me_reply = _ok(
+            {
+                "user": {"id": self._user_id, "email": "dev@example.com", "name": "Test Developer"},
+                "tenant": {
+                    "id": self._tenant_id,
+                    "name": "Example Org",
+                    "plan": plan,
+                    "status": "active",
+                },
+                "permissions": ["whatsapp:send", "whatsapp:templates", "webhooks:manage"],
+            }
+        )
+
+    @property
+    def enforce_rate_limit(self) -> bool:
+        """Answer 429 once a minute's quota of the plan is used up (switching starts afresh:
+        the current window's count is forgotten)."""
+        return self._enforce_rate_limit
+
+    @enforce_rate_limit.setter
+    def enforce_rate_limit(self, enforce: bool) -> None:
+        self._enforce_rate_limit = enforce
+        self._rl_window = -1
+
+    @property
+    def limit_per_minute(self) -> int:
+        """The ``X-RateLimit-Limit`` now: the plan's quota if enforced, else ``rate_limit``."""
+        if not self._enforce_rate_limit:
+            return self.rate_limit
+        quota = PLAN_RATE_LIMITS[self._plan]
+        return self.rate_limit if quota is None else quota
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -598,15 +571,20 @@ class FakeAPIMW:
         self._runner = runner
         self._closing = asyncio.get_running_loop().create_future()
         self._port = int(runner.addresses[0][1])
+        self._webhooks_start()
 
     async def close(self) -> None:
-        """Stop the server; requests still sleeping in a latency or delay are dropped."""
+        """Stop the server; requests still sleeping in a latency or delay are dropped, and
+        webhook handshakes, deliveries and scheduled retries are abandoned."""
         runner, self._runner = self._runner, None
         if runner is None:
             return
         if self._closing is not None and not self._closing.done():
             self._closing.set_result(None)
-        await runner.cleanup()
+        try:
+            await runner.cleanup()
+        finally:
+            await self._webhooks_close()
 
     async def __aenter__(self) -> FakeAPIMW:
         await self.start()
@@ -685,9 +663,20 @@ class FakeAPIMW:
 
         The predicate is re-checked whenever a request changes the stats (no polling).
         """
+        await self._wait_for(lambda: predicate(self.stats), timeout)
+
+    async def wait_for_deliveries(self, timeout: float = 10.0) -> None:
+        """Return once no webhook handshake or delivery is in flight or due on the clock.
+
+        Retries scheduled for later on the clock are not waited for: advance the clock, then
+        call this again. :class:`TimeoutError` after ``timeout`` real seconds.
+        """
+        await self._wait_for(self._webhooks_idle, timeout)
+
+    async def _wait_for(self, condition: Callable[[], bool], timeout: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not predicate(self.stats):
+        while not condition():
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise TimeoutError(f"condition not met within {timeout} s; stats: {self.stats}")
@@ -742,6 +731,13 @@ class FakeAPIMW:
             if latency > 0 and not await self._sleep(latency):
                 return self._drop(request)
 
+            if bearer and self._enforce_rate_limit:
+                limited = self._take_quota()
+                if limited is not None:
+                    stats.rate_limited += 1
+                    self._changed()
+                    return self._respond(limited)
+
             fault = self.faults._take(name) if self.faults._queue or self.faults._rates else None
             if fault is None:
                 reply = await handle(request)
@@ -783,17 +779,45 @@ class FakeAPIMW:
         self._changed()
         return self._respond(reply)
 
-    def _respond(self, reply: _Reply) -> web.Response:
+    def _window(self) -> tuple[int, float]:
+        """The current rate-limit window (its number) and the wall time now."""
         now = self.clock.time()
-        window = int(now // 60)
+        window = int(now // _WINDOW)
         if window != self._rl_window:
             self._rl_window, self._rl_used = window, 0
-        self._rl_used += 1
+        return window, now
+
+    def _take_quota(self) -> _Reply | None:
+        """Count an enforced request in its window; the 429 to answer when over the limit."""
+        window, now = self._window()
+        if self._rl_used < self.limit_per_minute:
+            self._rl_used += 1
+            return None
+        retry_after = max(1, math.ceil((window + 1) * _WINDOW - now))
+        return _error(
+            429,
+            "RATE_LIMIT_EXCEEDED",
+            f"Rate limit exceeded. Please retry after {retry_after} seconds.",
+            retry_after=retry_after,
+            headers={"Retry-After": str(retry_after)} if self.retry_after_header else None,
+        )
+
+    def _respond(self, reply: _Reply) -> web.Response:
+        # The hot path of every benchmark: kept inline and cheap.
+        now = self.clock.time()
+        window = int(now // _WINDOW)
+        if window != self._rl_window:
+            self._rl_window, self._rl_used = window, 0
+        if self._enforce_rate_limit:
+            limit = self.limit_per_minute  # counted before the handler, by _take_quota
+        else:
+            limit = self.rate_limit
+            self._rl_used += 1  # reporting only: every response counts
         headers = {
             "Content-Type": reply.content_type,
-            "X-RateLimit-Limit": str(self.rate_limit),
-            "X-RateLimit-Remaining": str(max(0, self.rate_limit - self._rl_used)),
-            "X-RateLimit-Reset": str((window + 1) * 60),
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": str(max(0, limit - self._rl_used)),
+            "X-RateLimit-Reset": str((window + 1) * _WINDOW),
             "X-Request-Id": f"req_{self._request_id_prefix}{next(self._request_ids):010x}",
         }
         if reply.headers:
@@ -860,6 +884,14 @@ class FakeAPIMW:
         if self.clock.monotonic() >= token.expires_at:
             return _EXPIRED_TOKEN
         return None
+
+    def _authenticate(self, request: web.Request) -> _Reply | None:
+        """``None`` if the bearer token is valid now, else the 401 to answer."""
+        bearer, failure = self._bearer(request)
+        if failure is not None:
+            return failure
+        assert bearer is not None
+        return self._access_error(self._access[bearer])
 
     def _bearer(self, request: web.Request) -> tuple[str | None, _Reply | None]:
         """The bearer token of ``request`` and its record, or the 401 to answer."""
@@ -972,7 +1004,7 @@ class FakeAPIMW:
     @_endpoint("me", "GET", "/auth/me", counter="me_calls")
     async def _handle_me(self, request: web.Request) -> _Reply:
         """``GET /auth/me``: the user, tenant and permissions of the bearer."""
-        bearer, failure = self._bearer(request)
+        bearer, failure = self._bearer(request)  # _authenticate, inlined: the benchmarks' path
         if failure is not None:
             return failure
         assert bearer is not None
