@@ -1,13 +1,17 @@
-"""The client: authenticated API requests with a one-time replay after a refused token."""
+"""The client: authenticated API requests with a one-time replay after a refused token,
+retries decided by the one :class:`RetryPolicy`, and an optional throttle."""
 
 from __future__ import annotations
 
+import logging
 import os
+import random
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 from multidict import CIMultiDictProxy
+from yarl import URL
 
 from ._clock import Clock
 from ._config import (
@@ -15,15 +19,28 @@ from ._config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_REQUEST_TIMEOUT,
     ENV_BASE_URL,
+    LOGGER_NAME,
 )
-from ._errors import AccessTokenError, ConfigurationError
-from ._http import ApiResponse, RateLimitInfo, SessionProvider, normalize_base_url, send
+from ._errors import AccessTokenError, APIMWError, ConfigurationError, RateLimitError
+from ._http import (
+    ApiResponse,
+    RateLimitInfo,
+    SessionProvider,
+    _is_loopback,
+    normalize_base_url,
+    send,
+)
 from ._models import Credentials
+from ._retry import RetryPolicy, Throttle, advised_wait, is_idempotent
 from ._token_manager import TokenManager
 from ._version import __version__
 from .resources.auth import AuthResource
+from .resources.webhooks import WebhooksResource
+from .resources.whatsapp import WhatsAppResource
 
 __all__ = ["Client"]
+
+log = logging.getLogger(f"{LOGGER_NAME}.client")
 
 
 class Client:
@@ -31,13 +48,24 @@ class Client:
 
     >>> async with Client(Credentials.from_env()) as client:      # doctest: +SKIP
     ...     me = await client.auth.me()
+    ...     sent = await client.whatsapp.send_text("+1234567890", "Hello!")
 
     Give ``credentials`` (a :class:`TokenManager` is made for them) or a ``token_manager`` to
     share one between clients. A ``session`` you pass is used and never closed; without one
     the client owns one per event loop. Every request carries the bearer token; a 401 with
     ``EXPIRED_TOKEN``, ``INVALID_TOKEN`` or ``REVOKED_TOKEN`` drops that token and replays
-    the request once with a fresh one. Extra keyword arguments go to the
-    :class:`TokenManager` the client makes (``deadline``, ``refresh_policy``, ``on_token``...).
+    the request once with a fresh one.
+
+    ``retry_policy`` is the one :class:`RetryPolicy` of the client (and of the token manager
+    it makes): a request is repeated only when that cannot duplicate its effect, i.e. a 429
+    or a connection that was never established; a GET also after a 5xx, a timeout or a lost
+    connection. A send (POST) whose request may have reached the server is never repeated.
+    ``max_requests_per_minute`` turns on a client-side throttle (off by default) shared by
+    every task using this client. ``validate=False`` turns off the checks of documented rules
+    (E.164 numbers, message length, HTTPS webhook URLs...) made before sending. ``clock`` and
+    ``rng`` are injectable for tests (the backoff sleeps and the throttle run on ``clock``).
+    Extra keyword arguments go to the :class:`TokenManager` the client makes (``deadline``,
+    ``refresh_policy``, ``on_token``...).
     """
 
     def __init__(
@@ -51,24 +79,34 @@ class Client:
         connector_limit: int = 100,
         allow_insecure_http: bool = False,
         clock: Clock | None = None,
+        retry_policy: RetryPolicy | None = None,
+        max_requests_per_minute: int | None = None,
+        validate: bool = True,
+        rng: random.Random | None = None,
         **token_options: Any,
     ) -> None:
+        if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
+            raise ConfigurationError("retry_policy must be an apimw_async.RetryPolicy")
+        self._retry = retry_policy or RetryPolicy()
         if token_manager is None:
             if credentials is None:
                 raise ConfigurationError(
                     "Client needs credentials or a token_manager (or use Client.from_env())"
                 )
+            if rng is not None:
+                token_options["rng"] = rng
             token_manager = TokenManager(
                 credentials,
                 base_url=base_url,
                 session=session,
                 allow_insecure_http=allow_insecure_http,
                 clock=clock,
+                retry_policy=self._retry,
                 **token_options,
             )
             self._owns_tokens = True
         else:
-            if credentials is not None or token_options or clock is not None:
+            if credentials is not None or token_options:
                 raise ConfigurationError(
                     "pass either a token_manager or credentials and token options, not both"
                 )
@@ -76,10 +114,26 @@ class Client:
         if timeout <= 0:
             raise ConfigurationError("timeout must be positive")
         self._tokens = token_manager
+        # Backoff and throttle run on the client's clock: the token manager's unless given.
+        self._clock: Clock = clock or token_manager.clock
+        self._rng = rng or random.Random()
         self._base_url = normalize_base_url(
             base_url or token_manager.base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL,
             allow_insecure_http=allow_insecure_http,
         )
+        base = URL(self._base_url)
+        self._plain_http_ok = allow_insecure_http or (
+            base.scheme == "http" and _is_loopback(base.host or "")
+        )
+        self._throttle: Throttle | None = None
+        if max_requests_per_minute is not None:
+            try:
+                self._throttle = Throttle(max_requests_per_minute, clock=self._clock)
+            except ValueError:
+                raise ConfigurationError(
+                    "max_requests_per_minute must be a positive integer"
+                ) from None
+        self._validate = bool(validate)
         self._sessions = SessionProvider(
             session,
             timeout=aiohttp.ClientTimeout(total=timeout, connect=DEFAULT_CONNECT_TIMEOUT),
@@ -88,6 +142,8 @@ class Client:
         self._headers = {"Accept": "application/json", "User-Agent": f"apimw-async/{__version__}"}
         self._rate_limit: RateLimitInfo | None = None
         self.auth = AuthResource(self)
+        self.whatsapp = WhatsAppResource(self)
+        self.webhooks = WebhooksResource(self)
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> Client:
@@ -106,8 +162,36 @@ class Client:
 
     @property
     def rate_limit(self) -> RateLimitInfo | None:
-        """The ``X-RateLimit-*`` headers of the latest response that carried them."""
+        """The ``X-RateLimit-*`` headers of the latest response that carried them.
+
+        Error responses count too (a 429's ``X-RateLimit-Remaining: 0`` is the latest word).
+        """
         return self._rate_limit
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The retry policy of every request of this client."""
+        return self._retry
+
+    @property
+    def throttle(self) -> Throttle | None:
+        """The client-side throttle, if ``max_requests_per_minute`` was given."""
+        return self._throttle
+
+    @property
+    def clock(self) -> Clock:
+        """The clock backoff sleeps and the throttle run on."""
+        return self._clock
+
+    @property
+    def validate(self) -> bool:
+        """Whether documented rules are checked before a request is sent."""
+        return self._validate
+
+    @property
+    def allows_plain_http(self) -> bool:
+        """Whether this client itself talks plain http (loopback base URL or opted in)."""
+        return self._plain_http_ok
 
     @property
     def closed(self) -> bool:
@@ -121,33 +205,79 @@ class Client:
         *,
         json: Any = None,
         params: Mapping[str, str] | None = None,
+        idempotent: bool | None = None,
+        encoded: bool = False,
     ) -> ApiResponse:
         """Send an authenticated request to ``{base_url}{path}`` and parse the envelope.
 
         The low-level call under every resource method, usable for endpoints this SDK does not
         wrap yet. Returns the parsed :class:`ApiResponse`; raises the typed errors of
         :mod:`apimw_async`.
+
+        Retries follow :attr:`retry_policy`. ``idempotent`` says whether the request may be
+        repeated when its outcome is unknown (5xx, timeout or lost connection after sending);
+        by default only GET, HEAD and OPTIONS are. ``encoded=True`` sends ``path`` exactly as
+        given (already percent-encoded, e.g. ``quote(message_id, safe="")``), where by default
+        characters not allowed in a URL are quoted and some escapes normalised.
+
+        >>> await client.request("GET", "/auth/me")          # doctest: +SKIP
+        ApiResponse(status=200, headers=..., data={...})
         """
         session = self._sessions.get()
-        url = self._base_url + (path if path.startswith("/") else "/" + path)
-        token = await self._tokens.get_token()
-        try:
-            return await self._send(
-                session, method, url, token.authorization, json, params, token.access_token
-            )
-        except AccessTokenError:
-            # The server refused this token; drop it (only if still current) and replay once.
-            await self._tokens.invalidate(token)
+        url = URL(self._base_url + (path if path.startswith("/") else "/" + path), encoded=encoded)
+        repeatable = is_idempotent(method) if idempotent is None else idempotent
+        policy, clock = self._retry, self._clock
+        attempt = 0
+        waited = 0.0
+        replayed = False
+        while True:
+            if self._throttle is not None:
+                await self._throttle.acquire()
             token = await self._tokens.get_token()
-            return await self._send(
-                session, method, url, token.authorization, json, params, token.access_token
-            )
+            try:
+                return await self._send(
+                    session, method, url, token.authorization, json, params, token.access_token
+                )
+            except AccessTokenError:
+                if replayed:
+                    raise
+                # The server refused this token (so it did not act): drop it, if it is still
+                # the current one, and replay once with a fresh one.
+                replayed = True
+                await self._tokens.invalidate(token)
+            except APIMWError as exc:
+                now = clock.time()
+                delay = policy.next_delay(
+                    exc,
+                    attempt=attempt,
+                    waited=waited,
+                    idempotent=repeatable,
+                    now=now,
+                    rng=self._rng,
+                )
+                if delay is None:
+                    if isinstance(exc, RateLimitError) and exc.retry_after is None:
+                        exc.retry_after = advised_wait(exc, now=now)
+                    raise
+                attempt += 1
+                waited += delay
+                log.info(
+                    "%s %s failed (%s: %s); retry %d of %d in %.2fs",
+                    method,
+                    url.path,
+                    type(exc).__name__,
+                    exc,
+                    attempt,
+                    policy.max_attempts - 1,
+                    delay,
+                )
+                await clock.sleep(delay)
 
     async def _send(
         self,
         session: aiohttp.ClientSession,
         method: str,
-        url: str,
+        url: URL,
         authorization: str,
         json: Any,
         params: Mapping[str, str] | None,
@@ -166,8 +296,9 @@ class Client:
         )
 
     def _observe_headers(self, headers: CIMultiDictProxy[str]) -> None:
-        if "X-RateLimit-Remaining" in headers or "X-RateLimit-Limit" in headers:
-            self._rate_limit = RateLimitInfo.from_headers(headers)
+        info = RateLimitInfo.from_headers(headers, now=self._clock.time())
+        if info.present:
+            self._rate_limit = info
 
     async def aclose(self) -> None:
         """Close the owned session (and the token manager, if this client made it)."""

@@ -1,16 +1,24 @@
 """The ``apimw-async`` command.
 
 ``apimw-async demo`` shows the token lifecycle under load against the bundled fake server;
-``apimw-async fake-server`` runs that server on its own, for trying the SDK by hand.
+``apimw-async fake-server`` runs that server on its own, for trying the SDK by hand. The API
+commands (``token``, ``me``, ``send``, ``status``, ``templates``) read ``APIMW_API_KEY``,
+``APIMW_API_SECRET`` and ``APIMW_BASE_URL`` from the environment; errors end them with exit
+code 1 and one line on stderr: ``apimw-async: <ErrorType>: <message>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
+import enum
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
+
+import attrs
 
 from ._errors import APIMWError
 from ._version import __version__
@@ -60,6 +68,32 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=None, help="seed for the fault rates")
     demo.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    token = sub.add_parser(
+        "token",
+        parents=[output],
+        help="obtain an access token and describe it (type, lifetime, fingerprint)",
+    )
+    token.add_argument(
+        "--show", action="store_true", help="also print the access token itself (a secret)"
+    )
+    sub.add_parser("me", parents=[output], help="the user, tenant and permissions of the key")
+    send = sub.add_parser("send", parents=[output], help="send a WhatsApp text message")
+    send.add_argument("--to", required=True, help="recipient in E.164, e.g. +1234567890")
+    send.add_argument("--message", required=True, help="the text (at most 4096 characters)")
+    send.add_argument("--preview-url", action="store_true", help="render link previews")
+    status = sub.add_parser("status", parents=[output], help="a sent message's status")
+    status.add_argument("message_id", help="the id a send returned (wamid....)")
+    templates = sub.add_parser(
+        "templates", parents=[output], help="list the message templates, every page"
+    )
+    templates.add_argument(
+        "--status", type=str.upper, choices=("APPROVED", "PENDING", "REJECTED"), default=None
+    )
+    templates.add_argument("--category", default=None, help="e.g. TRANSACTIONAL, MARKETING")
+
     fake = sub.add_parser("fake-server", help="run the bundled fake APIMW server")
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument("--port", type=int, default=8080)
@@ -81,8 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args)
         if args.command == "fake-server":
             return _fake_server(args)
+        if args.command in _API_COMMANDS:
+            return asyncio.run(_api(args))
     except APIMWError as exc:
-        print(f"apimw-async: {type(exc).__name__}: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever the server said
+        print(f"apimw-async: {type(exc).__name__}: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -134,3 +171,101 @@ def _fake_server(args: argparse.Namespace) -> int:
 
     asyncio.run(serve())
     return 0
+
+
+# --- API commands ----------------------------------------------------------------------------
+
+_API_COMMANDS = frozenset({"token", "me", "send", "status", "templates"})
+
+
+async def _api(args: argparse.Namespace) -> int:
+    from ._client import Client
+
+    async with Client.from_env() as client:
+        if args.command == "token":
+            token = await client.tokens.get_token()
+            fields: dict[str, Any] = {
+                "token_type": token.token_type,
+                "expires_in": token.expires_in if args.json else f"{token.expires_in:g} s",
+                "fingerprint": token.fingerprint,
+            }
+            if args.show:
+                fields["access_token"] = token.access_token
+            _emit(args, fields)
+        elif args.command == "me":
+            me = await client.auth.me()
+            if args.json:
+                _emit(args, me)
+            else:
+                user, tenant = me.user, me.tenant
+                _emit(
+                    args,
+                    {
+                        "user": _described(user.id, user.email, user.name),
+                        "tenant": _described(tenant.id, tenant.name, tenant.plan, tenant.status),
+                        "permissions": ", ".join(me.permissions) or "-",
+                    },
+                )
+        elif args.command == "send":
+            sent = await client.whatsapp.send_text(
+                args.to, args.message, preview_url=args.preview_url
+            )
+            _emit(args, sent)
+        elif args.command == "status":
+            _emit(args, await client.whatsapp.get_status(args.message_id))
+        else:
+            found = [
+                t
+                async for t in client.whatsapp.list_templates(
+                    status=args.status, category=args.category
+                )
+            ]
+            if args.json:
+                _emit(args, found)
+            else:
+                rows = [(t.name, t.language or "-", t.raw_status, t.category or "-") for t in found]
+                _table(("NAME", "LANGUAGE", "STATUS", "CATEGORY"), rows)
+    return 0
+
+
+def _described(first: str, *details: str | None) -> str:
+    extra = ", ".join(d for d in details if d)
+    return f"{first} ({extra})" if extra else first
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON-able data: attrs results as objects, datetimes as ISO-8601 ``Z``."""
+    if attrs.has(type(value)):
+        return {
+            f.name: _plain(getattr(value, f.name))
+            for f in attrs.fields(type(value))
+            if f.repr is not False  # secrets (e.g. a webhook's) stay out, as in repr
+        }
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, datetime.datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _emit(args: argparse.Namespace, value: Any) -> None:
+    data = _plain(value)
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
+        return
+    width = max(len(k) for k in data) if data else 0
+    for key, item in data.items():
+        shown = "-" if item is None else item
+        if isinstance(item, list):
+            shown = ", ".join(str(i) for i in item) or "-"
+        print(f"{key:<{width}}  {shown}")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -1,5 +1,7 @@
 """Resources of :class:`apimw_async.Client`, one module per API area."""
 
 from .auth import AuthResource
+from .webhooks import WebhooksResource
+from .whatsapp import WhatsAppResource
 
-__all__ = ["AuthResource"]
+__all__ = ["AuthResource", "WebhooksResource", "WhatsAppResource"]
