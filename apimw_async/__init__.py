@@ -27,14 +27,34 @@ from ._errors import (
     RateLimitError,
     RevokedTokenError,
     ServerError,
+    StoreUnavailableError,
     TokenUnavailableError,
+    ValidationError,
 )
 from ._http import ApiResponse, RateLimitInfo
 from ._middleware import BearerAuthMiddleware
 from ._models import Credentials, CurrentUser, Tenant, Token, User, fingerprint
-from ._retry import RetryPolicy
+from ._retry import RetryPolicy, Throttle
 from ._token_manager import RefreshPolicy, TokenHook, TokenManager, TokenStats
+from ._types import (
+    MessageInfo,
+    MessageStatus,
+    Pagination,
+    SentMessage,
+    Template,
+    TemplateBody,
+    TemplateComponent,
+    TemplateComponentInput,
+    TemplateCurrency,
+    TemplateHeaderImage,
+    TemplatePage,
+    TemplateStatus,
+    TemplateText,
+    TemplateUrlButton,
+    Webhook,
+)
 from ._version import __version__
+from .resources import AuthResource, WebhooksResource, WhatsAppResource
 
 __all__ = [
     "SYSTEM_CLOCK",
@@ -44,6 +64,7 @@ __all__ = [
     "APITimeoutError",
     "AccessTokenError",
     "ApiResponse",
+    "AuthResource",
     "AuthenticationError",
     "BadRequestError",
     "BearerAuthMiddleware",
@@ -61,22 +82,42 @@ __all__ = [
     "InvalidRefreshTokenError",
     "InvalidTokenError",
     "MalformedResponseError",
+    "MessageInfo",
+    "MessageStatus",
     "NotFoundError",
+    "Pagination",
     "PermissionDeniedError",
     "RateLimitError",
     "RateLimitInfo",
     "RefreshPolicy",
     "RetryPolicy",
     "RevokedTokenError",
+    "SentMessage",
     "ServerError",
+    "StoreUnavailableError",
     "SystemClock",
+    "Template",
+    "TemplateBody",
+    "TemplateComponent",
+    "TemplateComponentInput",
+    "TemplateCurrency",
+    "TemplateHeaderImage",
+    "TemplatePage",
+    "TemplateStatus",
+    "TemplateText",
+    "TemplateUrlButton",
     "Tenant",
+    "Throttle",
     "Token",
     "TokenHook",
     "TokenManager",
     "TokenStats",
     "TokenUnavailableError",
     "User",
+    "ValidationError",
+    "Webhook",
+    "WebhooksResource",
+    "WhatsAppResource",
     "__version__",
     "fingerprint",
 ]

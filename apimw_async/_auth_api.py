@@ -91,7 +91,10 @@ def _lifetime(value: Any) -> float:
             raise MalformedResponseError("token response: 'expires_in' is not a number") from None
     if not isinstance(value, (int, float)):
         raise MalformedResponseError("token response: 'expires_in' is not a number")
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise MalformedResponseError("token response: 'expires_in' is out of range") from None
     if not seconds > 0 or seconds == float("inf"):
         raise MalformedResponseError("token response: 'expires_in' is not a positive lifetime")
     return seconds

@@ -4,9 +4,11 @@ Every error the SDK raises on purpose derives from :class:`APIMWError`::
 
     APIMWError
     ├── ConfigurationError          bad argument, missing env var, refused plain-http URL
+    ├── ValidationError             a request argument breaks a documented rule (sent nothing)
     ├── ClientClosedError           the client or token manager was closed
     ├── MalformedResponseError      a body that is not the documented envelope / shape
     ├── TokenUnavailableError       no valid token could be obtained in time (wraps the cause)
+    ├── StoreUnavailableError       a shared token store (Redis) cannot be reached
     ├── APIConnectionError          the request did not complete (DNS, refused, reset ...)
     │   └── APITimeoutError         ... because it took too long
     └── APIStatusError              the server answered with an error (status, code, message)
@@ -55,7 +57,9 @@ __all__ = [
     "RateLimitError",
     "RevokedTokenError",
     "ServerError",
+    "StoreUnavailableError",
     "TokenUnavailableError",
+    "ValidationError",
     "error_from_status",
 ]
 
@@ -83,6 +87,17 @@ class APIMWError(Exception):
 
 class ConfigurationError(APIMWError, ValueError):
     """An argument, environment variable or URL the SDK cannot work with."""
+
+
+class ValidationError(APIMWError, ValueError):
+    """A request argument breaks a rule the API documents (E.164 ``to``, 4096-character
+    message, HTTPS webhook URL, ...). Raised before anything is sent; ``field`` names the
+    argument. ``Client(..., validate=False)`` turns these checks off.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class ClientClosedError(APIMWError, RuntimeError):
@@ -216,6 +231,10 @@ class TokenUnavailableError(APIMWError):
         super().__init__(message, status=status, code=code)
         self.retry_after: float | None = getattr(cause, "retry_after", None)
         self.__cause__ = cause
+
+
+class StoreUnavailableError(APIMWError):
+    """A shared token store cannot be reached; the token manager degrades to local work."""
 
 
 _BY_CODE: dict[str, type[APIStatusError]] = {

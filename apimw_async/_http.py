@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import email.utils
 import ipaddress
 import json
@@ -82,6 +83,10 @@ def normalize_base_url(base_url: str, *, allow_insecure_http: bool = False) -> s
 # --- responses -------------------------------------------------------------------------------
 
 
+#: An ``X-RateLimit-Reset`` below this is a number of seconds, not an epoch time.
+_EPOCH_THRESHOLD = 1e9
+
+
 def _header_float(headers: Mapping[str, str], name: str) -> float | None:
     value = headers.get(name)
     if value is None:
@@ -119,6 +124,19 @@ class RateLimitInfo:
         """Whether the response carried any of the headers."""
         return not (self.limit is None and self.remaining is None and self.reset is None)
 
+    def reset_in(self, now: float) -> float | None:
+        """Seconds from ``now`` (epoch) until the window resets; ``None`` if unknown or past.
+
+        ``X-RateLimit-Reset`` is documented as Unix epoch seconds; a value too small to be a
+        date (below ``1e9``, i.e. before 2001) is read as seconds after the response instead,
+        as some gateways send it.
+        """
+        if self.reset is None:
+            return None
+        at = self.reset if self.reset >= _EPOCH_THRESHOLD else self.observed_at + self.reset
+        wait = at - now
+        return wait if wait > 0 else None
+
 
 @attrs.frozen
 class ApiResponse:
@@ -140,11 +158,17 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
         if when is None:
             return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
+        if when.tzinfo is None:
+            # RFC 9110: HTTP dates are UTC, whatever zone this machine is in.
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        try:
+            seconds = when.timestamp() - (time.time() if now is None else now)
+        except (OverflowError, ValueError, OSError):
+            return None
     if seconds != seconds or seconds in (float("inf"), float("-inf")):
         return None
     return max(0.0, seconds)
@@ -153,18 +177,26 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
 def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
+    try:
+        if isinstance(value, (int, float)):
+            number = float(value)
+        elif isinstance(value, str):
             number = float(value.strip())
-        except ValueError:
+        else:
             return None
-    else:
+    except (ValueError, OverflowError):
         return None
     if number != number or number in (float("inf"), float("-inf")):
         return None
     return max(0.0, number)
+
+
+def loads(body: bytes) -> Any:
+    """``json.loads`` that raises only ``ValueError`` (nesting too deep becomes one too)."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def _redact(text: str, secrets: Iterable[str]) -> str:
@@ -186,7 +218,7 @@ def _error_response(
     message = ""
     retry_after = parse_retry_after(headers)
     try:
-        payload = json.loads(body) if body else None
+        payload = loads(body) if body else None
     except (ValueError, UnicodeDecodeError):
         payload = None
     error = payload.get("error") if isinstance(payload, dict) else None
@@ -200,7 +232,8 @@ def _error_response(
     elif isinstance(error, str):
         # Some gateways answer {"error": "..."}; keep the text, there is no code.
         message = error
-    message = _redact(message[:500], redact).strip()
+    # Scrub before cutting: a secret straddling the cut must not leave its first half behind.
+    message = _redact(message, redact)[:500].strip()
     described = f"HTTP {status}" + (f" {code}" if code else "")
     text = f"{described}: {message}" if message else f"{described} (no error message)"
     return error_from_status(
@@ -227,7 +260,7 @@ def parse_response(
     if not body.strip():
         return ApiResponse(status, headers, None)
     try:
-        payload = json.loads(body)
+        payload = loads(body)
     except (ValueError, UnicodeDecodeError):
         raise MalformedResponseError(
             f"HTTP {status} with a body that is not JSON", status=status
@@ -254,7 +287,7 @@ def parse_response(
 async def send(
     session: aiohttp.ClientSession,
     method: str,
-    url: str,
+    url: str | URL,
     *,
     headers: Mapping[str, str] | None = None,
     json_body: Any = None,
@@ -266,6 +299,8 @@ async def send(
     on_headers: Callable[[CIMultiDictProxy[str]], None] | None = None,
 ) -> ApiResponse:
     """Send one request and parse its answer; no retries here (see :mod:`._retry`).
+
+    ``url`` may be a :class:`yarl.URL` built with ``encoded=True`` to send a path verbatim.
 
     Transport failures become :class:`APIConnectionError` (``sent=False`` only when the
     connection could not be established, so the server certainly did not act) or
@@ -305,7 +340,7 @@ async def send(
     return parse_response(status, resp_headers, body, bearer=bearer, redact=redact)
 
 
-def _path(url: str) -> str:
+def _path(url: str | URL) -> str:
     # Error messages name the endpoint, never the query string.
     try:
         return URL(url).path
@@ -420,6 +455,15 @@ class SessionProvider:
         owned.closer = on_loop_shutdown(close)
         self._owned[loop] = owned
         return owned
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop the parent's sessions (their loops do not run here)."""
+        self._lock = threading.Lock()
+        for owned in self._owned.values():
+            # Closing would touch the parent's sockets; just stop aiohttp from warning.
+            owned.session._connector = None
+            owned.closer = None
+        self._owned = weakref.WeakKeyDictionary()
 
     async def aclose(self) -> None:
         """Close the owned session of the running loop and forget those of other loops."""

@@ -10,13 +10,13 @@ this very session without recursing into the middleware.
 
 from __future__ import annotations
 
-import json
 import logging
 
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 from yarl import URL
 
 from ._config import LOGGER_NAME
+from ._http import loads
 from ._token_manager import TokenManager
 
 __all__ = ["BearerAuthMiddleware"]
@@ -83,7 +83,7 @@ class BearerAuthMiddleware:
 
 def _is_token_refusal(body: bytes) -> bool:
     try:
-        payload = json.loads(body) if body else None
+        payload = loads(body) if body else None
     except (ValueError, UnicodeDecodeError):
         return True
     error = payload.get("error") if isinstance(payload, dict) else None
