@@ -57,3 +57,13 @@ MIN_BACKGROUND_RETRY_INTERVAL: Final = 1.0
 
 #: Name of the package logger; child loggers hang below it.
 LOGGER_NAME: Final = "apimw_async"
+
+#: Shared token stores: the lease outlives one token-endpoint attempt by this much ...
+STORE_LEASE_MARGIN: Final = 3.0
+#: ... a process in its refresh window looks at the store again this often while another
+#: process holds the lease ...
+STORE_POLL_INTERVAL: Final = 0.25
+#: ... an unreachable store is tried again after this long (meanwhile: local work) ...
+STORE_RETRY_INTERVAL: Final = 5.0
+#: ... and a stored pair is assumed this much older than its writer's clock says (skew).
+STORE_CLOCK_SKEW: Final = 1.0

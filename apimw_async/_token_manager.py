@@ -17,6 +17,8 @@ lock) before it is sent and put back only if the server certainly did not see it
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import inspect
 import logging
 import os
@@ -47,6 +49,10 @@ from ._config import (
     MIN_BACKGROUND_RETRY_INTERVAL,
     REFRESH_TOKEN_LIFETIME,
     REFRESH_TOKEN_SAFETY_MARGIN,
+    STORE_CLOCK_SKEW,
+    STORE_LEASE_MARGIN,
+    STORE_POLL_INTERVAL,
+    STORE_RETRY_INTERVAL,
 )
 from ._errors import (
     APIMWError,
@@ -54,11 +60,13 @@ from ._errors import (
     ConfigurationError,
     InvalidCredentialsError,
     InvalidRefreshTokenError,
+    StoreUnavailableError,
     TokenUnavailableError,
 )
 from ._http import SessionProvider, normalize_base_url
 from ._models import Credentials, Token, fingerprint
 from ._retry import Outcome, RetryPolicy, is_transient, outcome_of
+from .stores import StoredToken, TokenStore
 
 __all__ = ["RefreshPolicy", "TokenHook", "TokenManager", "TokenStats"]
 
@@ -127,6 +135,10 @@ class TokenStats:
     waits: int = 0
     #: Tokens dropped by :meth:`TokenManager.invalidate`.
     invalidations: int = 0
+    #: Tokens taken over from a shared store (obtained by another process).
+    adopted: int = 0
+    #: Times the shared store could not be reached and the manager worked locally.
+    store_outages: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict."""
@@ -137,6 +149,8 @@ class TokenStats:
 class _RefreshToken:
     value: str
     issued_at_wall: float
+    #: Known to a shared store (other processes may hold it too).
+    shared: bool = False
 
 
 class _LoopState:
@@ -176,6 +190,8 @@ class TokenManager:
         permanent_failure_cooldown: float = DEFAULT_PERMANENT_FAILURE_COOLDOWN,
         refresh_token_lifetime: float = REFRESH_TOKEN_LIFETIME,
         allow_insecure_http: bool = False,
+        store: TokenStore | None = None,
+        lease_ttl: float | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -204,6 +220,22 @@ class TokenManager:
         self._api = AuthAPI(self._base_url, self._sessions, self._clock)
         if session is not None:
             self._api.check_session(session)
+        self._store = store
+        self._lease_ttl = (
+            float(lease_ttl)
+            if lease_ttl is not None
+            else (self._request_timeout + STORE_LEASE_MARGIN)
+        )
+        if self._lease_ttl <= self._request_timeout:
+            raise ConfigurationError(
+                "lease_ttl must be longer than request_timeout, or a lease could lapse while "
+                "its holder is still refreshing"
+            )
+        # One store entry per API key and base URL; a hash, never the key itself.
+        self._store_key = hashlib.sha256(
+            f"{self._base_url}\0{credentials.api_key}".encode("utf-8", "surrogatepass")
+        ).hexdigest()[:32]
+        self._store_down_until = float("-inf")
 
         self._token: Token | None = None
         self._refresh: _RefreshToken | None = None
@@ -222,6 +254,7 @@ class TokenManager:
         self._closed = False
         #: Counters; see :class:`TokenStats`.
         self.stats = TokenStats()
+        _MANAGERS.add(self)
 
     # --- public ------------------------------------------------------------------------------
 
@@ -249,6 +282,11 @@ class TokenManager:
     def closed(self) -> bool:
         """Whether :meth:`aclose` was called."""
         return self._closed
+
+    @property
+    def store(self) -> TokenStore | None:
+        """The shared token store, if any."""
+        return self._store
 
     async def get_token(self) -> Token:
         """A valid access token: cached, or obtained now if none is valid.
@@ -392,7 +430,7 @@ class TokenManager:
 
     async def _run(self, state: _LoopState, background: bool) -> Token:
         try:
-            return await self._acquire()
+            return await self._acquire(background)
         except Exception as exc:
             if background:
                 now = self._clock.monotonic()
@@ -409,7 +447,7 @@ class TokenManager:
             if state.inflight is asyncio.current_task():
                 state.inflight = None
 
-    async def _acquire(self) -> Token:
+    async def _acquire(self, background: bool) -> Token:
         clock = self._clock
         deadline = clock.monotonic() + self._deadline
         attempt = 0
@@ -424,7 +462,7 @@ class TokenManager:
                 log.info("token endpoint cool-down: waiting %.2fs", wait)
                 await clock.sleep(wait)
             try:
-                grant = await self._attempt(deadline)
+                token = await self._obtain(deadline, background)
             except InvalidCredentialsError as exc:
                 self._permanent_error = exc
                 self._permanent_until = clock.monotonic() + self._permanent_cooldown
@@ -453,7 +491,156 @@ class TokenManager:
                     await clock.sleep(delay)
                 # (an advised wait is slept at the top of the loop, as the shared cool-down)
                 continue
-            return self._commit(grant)
+            return token
+
+    async def _obtain(self, deadline: float, background: bool) -> Token:
+        """One attempt at a valid token: through the shared store, or locally."""
+        store = self._store
+        now = self._clock.monotonic()
+        if store is not None and now >= self._store_down_until:
+            try:
+                token = await self._obtain_shared(store, deadline, background)
+            except StoreUnavailableError as exc:
+                self._store_unavailable(exc)
+            else:
+                if self._store_down_until != float("-inf"):
+                    self._store_down_until = float("-inf")
+                    log.warning("token store reachable again; sharing tokens again")
+                return token
+        if store is not None:
+            # Working alone while the store is away: a refresh token other processes know may
+            # be spent by them at any moment, so only one this process obtained alone is used.
+            with self._lock:
+                if self._refresh is not None and self._refresh.shared:
+                    self._refresh = None
+        return self._commit(await self._attempt(deadline))
+
+    def _store_unavailable(self, exc: StoreUnavailableError) -> None:
+        if self._store_down_until == float("-inf"):
+            self.stats.store_outages += 1
+            log.warning(
+                "token store unavailable (%s); working locally with the credentials, "
+                "retrying the store in %gs",
+                exc,
+                STORE_RETRY_INTERVAL,
+            )
+        self._store_down_until = self._clock.monotonic() + STORE_RETRY_INTERVAL
+
+    async def _obtain_shared(self, store: TokenStore, deadline: float, background: bool) -> Token:
+        key = self._store_key
+        clock = self._clock
+        while True:
+            stored = await store.load(key)
+            adopted = self._adopt(stored)
+            now = clock.monotonic()
+            if adopted is not None and not adopted.needs_refresh(now):
+                return adopted
+            owner = await store.acquire_lease(key, self._lease_ttl)
+            if owner is None:
+                # Another process is refreshing: wait for its pair, not the token endpoint.
+                current = self._token
+                if background and current is not None and not current.is_expired(now):
+                    self._next_background_at = now + STORE_POLL_INTERVAL
+                    return current
+                if now >= deadline:
+                    raise TokenUnavailableError(
+                        "another process holds the refresh lease and published no token "
+                        "within the deadline"
+                    )
+                await store.wait_for_update(
+                    key, stored.version if stored else 0, min(deadline - now, self._lease_ttl)
+                )
+                continue
+            try:
+                token = await self._refresh_under_lease(store, key, deadline)
+            finally:
+                with contextlib.suppress(StoreUnavailableError):
+                    await store.release_lease(key, owner)
+            if token is not None:
+                return token
+
+    async def _refresh_under_lease(
+        self, store: TokenStore, key: str, deadline: float
+    ) -> Token | None:
+        """Holding the lease: refresh, save with compare-and-set; ``None`` to start over."""
+        stored = await store.load(key)
+        adopted = self._adopt(stored)
+        if adopted is not None and not adopted.needs_refresh(self._clock.monotonic()):
+            return adopted
+        version = stored.version if stored else 0
+        taken: _RefreshToken | None = None
+        if stored is not None and stored.refresh_token is not None:
+            # Spend it in the store before sending it: a holder that dies mid-refresh must not
+            # leave it behind for the next holder to send again.
+            spent = stored.spent()
+            if not await store.save(key, spent, expected_version=version):
+                return None
+            version = spent.version
+            taken = _RefreshToken(stored.refresh_token, stored.refresh_issued_at, shared=True)
+        with self._lock:
+            self._refresh = taken
+        try:
+            grant = await self._attempt(deadline)
+        except BaseException:
+            with self._lock:
+                put_back = self._refresh is taken and taken is not None
+            if put_back and stored is not None:
+                # The server never saw it (refused connection, 429): give it back to the fleet.
+                with contextlib.suppress(StoreUnavailableError):
+                    await store.save(
+                        key, attrs.evolve(stored, version=version + 1), expected_version=version
+                    )
+            raise
+        token = self._commit(grant, shared=True)
+        new = StoredToken(
+            access_token=grant.access_token,
+            token_type=grant.token_type,
+            expires_in=grant.expires_in,
+            refresh_token=grant.refresh_token,
+            issued_at=grant.sent_at_wall,
+            refresh_issued_at=grant.sent_at_wall,
+            version=version + 1,
+        )
+        try:
+            if not await store.save(key, new, expected_version=version):
+                log.warning("a newer token pair was stored meanwhile; ours is used locally only")
+        except StoreUnavailableError as exc:
+            # The new pair is committed here already; only sharing it failed.
+            self._store_unavailable(exc)
+        return token
+
+    def _adopt(self, stored: StoredToken | None) -> Token | None:
+        """Take a stored pair (another process's) as this process's token, if usable."""
+        if stored is None:
+            return None
+        current = self._token
+        if current is not None and current.access_token == stored.access_token:
+            return current
+        if current is not None and current.issued_at >= stored.issued_at:
+            return None
+        now_mono = self._clock.monotonic()
+        # Another machine's wall clock wrote issued_at: assume it a little later than ours.
+        skew = min(STORE_CLOCK_SKEW, stored.expires_in * 0.05)
+        age = max(0.0, self._clock.time() - stored.issued_at + skew)
+        sent_at = now_mono - age
+        refresh_at, expires_at = self._policy.deadlines(sent_at, stored.expires_in, self._rng)
+        if now_mono >= expires_at:
+            return None
+        token = Token(
+            access_token=stored.access_token,
+            token_type=stored.token_type,
+            expires_in=stored.expires_in,
+            refresh_token=stored.refresh_token,
+            obtained_at=sent_at,
+            refresh_at=refresh_at,
+            expires_at=expires_at,
+            issued_at=stored.issued_at,
+        )
+        self._token = token
+        self._next_background_at = float("-inf")
+        self.stats.adopted += 1
+        log.info("adopted access token %s from the token store", token.fingerprint)
+        return token
 
     async def _attempt(self, deadline: float) -> TokenGrant:
         timeout = min(self._request_timeout, max(0.05, deadline - self._clock.monotonic()))
@@ -512,7 +699,7 @@ class TokenManager:
             if self._refresh is None:
                 self._refresh = refresh
 
-    def _commit(self, grant: TokenGrant) -> Token:
+    def _commit(self, grant: TokenGrant, *, shared: bool = False) -> Token:
         refresh_at, expires_at = self._policy.deadlines(grant.sent_at, grant.expires_in, self._rng)
         token = Token(
             access_token=grant.access_token,
@@ -526,7 +713,7 @@ class TokenManager:
         )
         with self._lock:
             if grant.refresh_token is not None:
-                self._refresh = _RefreshToken(grant.refresh_token, grant.sent_at_wall)
+                self._refresh = _RefreshToken(grant.refresh_token, grant.sent_at_wall, shared)
             current = self._token
             if current is None or current.obtained_at <= token.obtained_at:
                 self._token = token
@@ -577,6 +764,22 @@ class TokenManager:
             task = asyncio.get_running_loop().create_task(run(), name="apimw-token-hook")
             state.hooks.add(task)
             task.add_done_callback(state.hooks.discard)
+
+
+_MANAGERS: weakref.WeakSet[TokenManager] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # The parent's event loops, tasks and thread locks mean nothing in a forked child (a lock
+    # held by another parent thread would never be released); tokens are plain values, kept.
+    for manager in list(_MANAGERS):
+        manager._lock = threading.Lock()
+        manager._loops = weakref.WeakKeyDictionary()
+        manager._sessions.forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
