@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import pytest
@@ -14,33 +14,38 @@ from apimw_async.testing import FakeAPIMW
 T = TypeVar("T")
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+# Our own tests use the fixtures we ship to users (apimw_async.pytest_plugin).
+pytest_plugins = ["pytester", "apimw_async.pytest_plugin"]
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeAPIMW]:
-    async with FakeAPIMW(seed=1234) as server:
-        yield server
+def clock(apimw_clock: FakeClock) -> FakeClock:
+    return apimw_clock
 
 
 @pytest.fixture
-async def timed_fake(clock: FakeClock) -> AsyncIterator[FakeAPIMW]:
+def fake(apimw_fake: FakeAPIMW) -> FakeAPIMW:
+    return apimw_fake
+
+
+@pytest.fixture
+def timed_fake(apimw_fake: FakeAPIMW, apimw_clock: FakeClock) -> FakeAPIMW:
     """A fake server whose token expiry runs on the test's FakeClock."""
-    async with FakeAPIMW(clock=clock, seed=1234) as server:
-        yield server
+    assert apimw_fake.clock is apimw_clock
+    return apimw_fake
 
 
-async def drive(clock: FakeClock, *aws: Awaitable[Any]) -> list[Any]:
-    """Await ``aws`` together, advancing ``clock`` whenever something sleeps on it.
+async def drive(clock: FakeClock, *aws: Awaitable[Any], sleepers: int = 1) -> list[Any]:
+    """Await ``aws`` together, advancing ``clock`` whenever ``sleepers`` coroutines sleep on it.
 
     Results (or exceptions, returned not raised) in order. Time jumps straight to the next
-    deadline, so backoffs and cool-downs take no real time.
+    deadline, so backoffs and cool-downs take no real time. Pass the number of independent
+    sleepers expected when all are blocked (e.g. one per token manager of a fleet), so that
+    time does not move while one of them is still doing real I/O.
     """
     gathered = asyncio.gather(*aws, return_exceptions=True)
     while not gathered.done():
-        sleeper = asyncio.ensure_future(clock.wait_for_sleepers(1))
+        sleeper = asyncio.ensure_future(clock.wait_for_sleepers(sleepers))
         await asyncio.wait({gathered, sleeper}, return_when=asyncio.FIRST_COMPLETED)
         if sleeper.done():
             clock.advance_to_next_deadline()
