@@ -15,7 +15,7 @@ T = TypeVar("T")
 
 
 # Our own tests use the fixtures we ship to users (apimw_async.pytest_plugin).
-pytest_plugins = ["pytester", "apimw_async.pytest_plugin"]
+pytest_plugins = ["pytester", "apimw_async.pytest_plugin", "tests.conftest_redis"]
 
 
 @pytest.fixture

@@ -147,7 +147,8 @@ class TokenStore(Protocol):
         """Release the lease if ``owner`` still holds it (never someone else's)."""
 
     async def wait_for_update(self, key: str, version: int, timeout: float) -> None:
-        """Return when the stored version may differ from ``version``, or after ``timeout``."""
+        """Return when the stored version may differ from ``version``, when nobody holds the
+        lease any more (released, or expired with a dead holder), or after ``timeout``."""
 
     async def aclose(self) -> None:
         """Release connections."""
@@ -183,9 +184,7 @@ class MemoryTokenStore:
             raise ValueError("a saved token's version must be expected_version + 1")
         self._tokens[key] = token
         self.saves += 1
-        event = self._changed.pop(key, None)
-        if event is not None:
-            event.set()
+        self._wake(key)
         return True
 
     async def acquire_lease(self, key: str, ttl: float) -> str | None:
@@ -208,10 +207,20 @@ class MemoryTokenStore:
         held = self._leases.get(key)
         if held is not None and held[0] == owner:
             del self._leases[key]
+            self._wake(key)
+
+    def _wake(self, key: str) -> None:
+        event = self._changed.pop(key, None)
+        if event is not None:
+            event.set()
 
     async def wait_for_update(self, key: str, version: int, timeout: float) -> None:
         current = self._tokens.get(key)
         if (current.version if current else 0) != version:
+            return
+        held = self._leases.get(key)
+        if held is None or held[1] <= self._now():
+            # Nobody is refreshing (released, or the holder died): the caller may take over.
             return
         event = self._changed.setdefault(key, asyncio.Event())
         waiters = [
