@@ -117,6 +117,10 @@ class RetryPolicy:
     is raised at once instead). A server-advised wait (``Retry-After``, ``error.retry_after``
     or, for a 429, ``X-RateLimit-Reset``) is used as given, up to ``max_retry_after``.
 
+    The token manager uses the same backoff and server-advised waits for token-endpoint calls,
+    but bounds its retries by its own ``deadline`` rather than ``max_attempts``/``max_wait``:
+    a caller without a token keeps trying for as long as it is willing to wait.
+
     >>> Client(credentials, retry_policy=RetryPolicy(max_attempts=5, max_wait=90))  # doctest: +SKIP
     """
 

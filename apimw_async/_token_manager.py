@@ -471,9 +471,10 @@ class TokenManager:
             except APIMWError as exc:
                 if not is_transient(exc):
                     raise
-                delay = self._retry.delay(exc, attempt, self._rng)
+                wall = clock.time()
+                delay = self._retry.delay(exc, attempt, self._rng, now=wall)
                 now = clock.monotonic()
-                advised = self._retry.server_wait(exc) is not None
+                advised = self._retry.server_wait(exc, now=wall) is not None
                 if advised:
                     # One shared cool-down: later acquisitions honour it too.
                     self._cooldown_until = max(self._cooldown_until, now + delay)
