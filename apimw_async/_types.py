@@ -14,9 +14,8 @@ nested dicts; plain mappings are accepted as well.
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
@@ -24,6 +23,7 @@ import attrs
 
 from ._errors import MalformedResponseError, ValidationError
 from ._models import _mapping, _optional_str, _require
+from ._timestamps import parse_iso8601
 
 __all__ = [
     "MessageInfo",
@@ -43,8 +43,6 @@ __all__ = [
     "Webhook",
 ]
 
-_FRACTION = re.compile(r"\.([0-9]+)")
-
 
 # --- timestamps ------------------------------------------------------------------------------
 
@@ -59,21 +57,10 @@ def parse_timestamp(value: Any, where: str) -> datetime | None:
         return None
     if not isinstance(value, str):
         raise MalformedResponseError(f"{where}: timestamp is not a string")
-    text = value.strip()
-    if text[-1:] in ("Z", "z"):
-        text = text[:-1] + "+00:00"
-    # Python 3.10's fromisoformat takes only 3 or 6 fraction digits: pad or cut to 6.
-    text = _FRACTION.sub(lambda m: "." + (m.group(1) + "000000")[:6], text, count=1)
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise MalformedResponseError(f"{where}: timestamp is not ISO-8601") from None
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=timezone.utc)
-    try:
-        return parsed.astimezone(timezone.utc)
-    except (OverflowError, ValueError):
-        raise MalformedResponseError(f"{where}: timestamp is out of range") from None
+    parsed = parse_iso8601(value, utc=True)
+    if parsed is None:
+        raise MalformedResponseError(f"{where}: timestamp is not an ISO-8601 time in range")
+    return parsed
 
 
 def _lenient_timestamp(value: Any, where: str) -> datetime | None:

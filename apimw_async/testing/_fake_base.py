@@ -236,6 +236,14 @@ class _FakeCore:
         """Wake whatever waits on the stats or on webhook work."""
         raise NotImplementedError
 
+    async def _authorized_body(self, request: web.Request) -> dict[str, Any] | _Reply:
+        """The JSON object body of a bearer-authenticated request, or the error to answer."""
+        failure = self._authenticate(request)
+        if failure is not None:
+            return failure
+        body = await _json_object(request)
+        return _BAD_JSON if body is None else body
+
     def _message_event(self, event_type: str, data: dict[str, Any], at_wall: float) -> None:
         """Deliver a message event now to the subscribed webhooks (webhooks mixin)."""
         raise NotImplementedError

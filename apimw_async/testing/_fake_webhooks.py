@@ -44,7 +44,7 @@ import attrs
 import yarl
 from aiohttp import web
 
-from ._fake_base import _BAD_JSON, _endpoint, _FakeCore, _invalid, _iso, _json_object, _ok, _Reply
+from ._fake_base import _endpoint, _FakeCore, _invalid, _iso, _ok, _Reply
 
 __all__ = ["DEFAULT_RETRY_SCHEDULE", "SIGNATURE_HEADER", "WEBHOOK_EVENTS", "FakeWebhook"]
 
@@ -499,12 +499,9 @@ class _WebhooksMixin(_FakeCore):
     @_endpoint("webhooks", "POST", "/webhooks")
     async def _handle_register_webhook(self, request: web.Request) -> _Reply:
         """``POST /webhooks``: register, answer 201, then verify ownership in the background."""
-        failure = self._authenticate(request)
-        if failure is not None:
-            return failure
-        body = await _json_object(request)
-        if body is None:
-            return _BAD_JSON
+        body = await self._authorized_body(request)
+        if isinstance(body, _Reply):
+            return body
         url = body.get("url")
         if not isinstance(url, str) or not url:
             return _invalid("url is required: the HTTPS endpoint that receives the events")

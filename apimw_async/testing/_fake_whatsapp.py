@@ -32,13 +32,11 @@ import attrs
 from aiohttp import web
 
 from ._fake_base import (
-    _BAD_JSON,
     _endpoint,
     _error,
     _FakeCore,
     _invalid,
     _iso,
-    _json_object,
     _ok,
     _Reply,
 )
@@ -330,12 +328,9 @@ class _WhatsAppMixin(_FakeCore):
     @_endpoint("send", "POST", "/whatsapp/messages/send")
     async def _handle_send(self, request: web.Request) -> _Reply:
         """``POST /whatsapp/messages/send``: a text (``to``, ``message``, ``preview_url``)."""
-        failure = self._authenticate(request)
-        if failure is not None:
-            return failure
-        body = await _json_object(request)
-        if body is None:
-            return _BAD_JSON
+        body = await self._authorized_body(request)
+        if isinstance(body, _Reply):
+            return body
         to, failure = _recipient(body)
         if failure is not None:
             return failure
@@ -363,12 +358,9 @@ class _WhatsAppMixin(_FakeCore):
     @_endpoint("template", "POST", "/whatsapp/messages/template")
     async def _handle_template(self, request: web.Request) -> _Reply:
         """``POST /whatsapp/messages/template``: an approved template in one of its languages."""
-        failure = self._authenticate(request)
-        if failure is not None:
-            return failure
-        body = await _json_object(request)
-        if body is None:
-            return _BAD_JSON
+        body = await self._authorized_body(request)
+        if isinstance(body, _Reply):
+            return body
         to, failure = _recipient(body)
         if failure is not None:
             return failure

@@ -19,7 +19,6 @@ A missing or odd field never fails the parse: it becomes ``None`` and the origin
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any, Final
@@ -27,6 +26,7 @@ from typing import Any, Final
 import attrs
 
 from .._errors import APIMWError
+from .._timestamps import parse_iso8601
 
 __all__ = [
     "MESSAGE_EVENT_TYPES",
@@ -52,7 +52,6 @@ _INBOUND: Final = "message.received"
 _KNOWN_TYPES: Final = MESSAGE_EVENT_TYPES | {VERIFICATION_EVENT_TYPE}
 _ENVELOPE_KEYS: Final = frozenset({"id", "event_id", "type", "event", "timestamp", "created_at"})
 _TIME_KEYS: Final = ("timestamp", "created_at")
-_FRACTION: Final = re.compile(r"(?<=:\d\d)\.(\d+)")
 
 
 class WebhookPayloadError(APIMWError):
@@ -276,17 +275,4 @@ def _parse_timestamp(value: Any) -> datetime | None:
             return None
     if not isinstance(value, str):
         return None
-    text = value.strip()
-    if not text.isascii():
-        return None
-    if text[-1:] in ("Z", "z"):
-        text = text[:-1] + "+00:00"
-    # Python 3.10's fromisoformat takes exactly 3 or 6 fractional digits.
-    text = _FRACTION.sub(lambda m: "." + (m.group(1) + "000000")[:6], text, count=1)
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed
+    return parse_iso8601(value)
