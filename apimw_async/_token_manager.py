@@ -236,6 +236,7 @@ class TokenManager:
             f"{self._base_url}\0{credentials.api_key}".encode("utf-8", "surrogatepass")
         ).hexdigest()[:32]
         self._store_down_until = float("-inf")
+        self._rejected: str | None = None
 
         self._token: Token | None = None
         self._refresh: _RefreshToken | None = None
@@ -317,6 +318,8 @@ class TokenManager:
         if current is None or (current is not token and current.access_token != token.access_token):
             return False
         self._token = None
+        # A shared store may still hold it: never adopt it again.
+        self._rejected = token.access_token
         self.stats.invalidations += 1
         log.info("access token %s invalidated after a 401", token.fingerprint)
         return True
@@ -392,7 +395,8 @@ class TokenManager:
         return state
 
     def _refresh_in_background(self, now: float) -> None:
-        if now < self._next_background_at or self._closed:
+        if now < self._next_background_at or now < self._cooldown_until or self._closed:
+            # (during a server-advised cool-down the token endpoint is left alone)
             return
         state = self._state()
         if state.inflight is None:
@@ -612,7 +616,7 @@ class TokenManager:
 
     def _adopt(self, stored: StoredToken | None) -> Token | None:
         """Take a stored pair (another process's) as this process's token, if usable."""
-        if stored is None:
+        if stored is None or stored.access_token == self._rejected:
             return None
         current = self._token
         if current is not None and current.access_token == stored.access_token:

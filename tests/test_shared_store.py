@@ -193,3 +193,19 @@ def test_lease_must_outlive_one_attempt() -> None:
             request_timeout=5,
             lease_ttl=5,
         )
+
+
+async def test_a_token_refused_by_the_server_is_not_adopted_again_from_the_store(
+    timed_fake: FakeAPIMW, clock: FakeClock
+) -> None:
+    store = MemoryTokenStore(clock=clock)
+    clients = fleet(timed_fake, store, clock, 4)
+    await asyncio.gather(*(c.auth.me() for c in clients))
+    timed_fake.expire_access_tokens()  # the server drops the shared token early
+    results = await asyncio.gather(*(c.auth.me() for c in clients for _ in range(5)))
+    assert len(results) == 20
+    assert timed_fake.stats.refresh_calls == 1  # one refresh for the whole fleet
+    assert timed_fake.stats.refresh_reuse == 0
+    tokens = {c.tokens.token.access_token for c in clients if c.tokens.token}
+    assert len(tokens) == 1
+    await close_all(clients)

@@ -561,3 +561,28 @@ async def test_logs_never_carry_secrets(clock: FakeClock, caplog: pytest.LogCapt
     for secret in ("at1", "at3", "rt_at2", "sk_test_scripted_secret_value"):
         assert secret not in text
     await tm.aclose()
+
+
+async def test_no_background_refresh_during_a_server_advised_cool_down(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    tm, auth = scripted_manager(clock)
+    first = asyncio.create_task(tm.get_token())
+    (await auth.next_call()).succeed("at1", expires_in=1000)
+    token = await first
+    clock.advance(token.refresh_at - clock.monotonic())
+    assert await tm.get_token() is token
+    (await auth.next_call()).fail(RateLimitError("HTTP 429", retry_after=60))
+    await settle()
+    for _ in range(50):  # 50 s inside the 60-s cool-down, the token still valid
+        clock.advance(1.0)
+        assert await tm.get_token() is token
+        await settle()
+    assert len(auth.calls) == 2
+    assert caplog.text.count("background token refresh failed") == 1
+    clock.advance(11.0)
+    assert await tm.get_token() is token
+    (await auth.next_call()).succeed("at2")
+    await settle()
+    assert (await tm.get_token()).access_token == "at2"
+    await tm.aclose()
