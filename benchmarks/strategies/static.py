@@ -1,0 +1,127 @@
+"""The baselines: a fixed, valid bearer header and no token work at all.
+
+``static`` is plain aiohttp, the physical limit every aiohttp-based strategy is compared with.
+``static-httpx`` and ``static-azure`` are the same fixed header on the transports the peers
+use (httpx under authlib, the azure-core pipeline over aiohttp under azure-core); they tell how
+much of a peer's gap is its transport rather than its token handling.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from azure.core import AsyncPipelineClient
+from azure.core.pipeline.policies import AsyncRetryPolicy, HeadersPolicy
+from azure.core.pipeline.transport import AioHttpTransport
+from azure.core.rest import HttpRequest
+
+from ._httpx import HTTPX_NAME, httpx
+from .base import Env, Strategy
+
+__all__ = ["StaticAzureStrategy", "StaticHttpxStrategy", "StaticStrategy"]
+
+
+class _Static(Strategy):
+    baseline = True
+
+    def __init__(self, env: Env) -> None:
+        super().__init__(env)
+        if not env.static_token:
+            raise ValueError("a static strategy needs Env.static_token")
+        self._header = f"Bearer {env.static_token}"
+
+    def token_path(self) -> Callable[[], Awaitable[Any]]:
+        header = self._header
+
+        async def path() -> str:
+            return header
+
+        return path
+
+    async def _probe(self) -> None:
+        """In instrumented workloads, pay the probe's cost like every token strategy does."""
+        if self.env.instrument:
+            await self.probe.measure(self._constant)
+
+    async def _constant(self) -> str:
+        return self._header
+
+
+class StaticStrategy(_Static):
+    name = "static"
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.env.connections),
+            timeout=aiohttp.ClientTimeout(total=self.env.timeout),
+        )
+        self._headers = {"Authorization": self._header}
+
+    async def request(self) -> int:
+        await self._probe()
+        async with self._session.get(self.env.me_url, headers=self._headers) as resp:
+            json.loads(await resp.read())
+            return resp.status
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+class StaticHttpxStrategy(_Static):
+    name = "static-httpx"
+    transport = HTTPX_NAME
+
+    async def start(self) -> None:
+        limit = self.env.connections
+        self._client = httpx.AsyncClient(
+            headers={"Authorization": self._header},
+            limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
+            timeout=self.env.timeout,
+        )
+
+    async def request(self) -> int:
+        await self._probe()
+        resp = await self._client.get(self.env.me_url)
+        resp.json()
+        return int(resp.status_code)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def azure_pipeline_client(
+    env: Env, session: aiohttp.ClientSession, auth_policy: Any
+) -> AsyncPipelineClient[HttpRequest, Any]:
+    """The API client an azure-core user builds: retries outside, authentication inside."""
+    return AsyncPipelineClient(
+        env.base_url,
+        policies=[AsyncRetryPolicy(), auth_policy],
+        transport=AioHttpTransport(session=session, session_owner=False),
+    )
+
+
+class StaticAzureStrategy(_Static):
+    name = "static-azure"
+    transport = "azure-core pipeline (aiohttp)"
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.env.connections),
+            timeout=aiohttp.ClientTimeout(total=self.env.timeout),
+        )
+        self._client = azure_pipeline_client(
+            self.env, self._session, HeadersPolicy({"Authorization": self._header})
+        )
+
+    async def request(self) -> int:
+        await self._probe()
+        resp = await self._client.send_request(HttpRequest("GET", self.env.me_url))
+        resp.json()
+        return int(resp.status_code)
+
+    async def close(self) -> None:
+        await self._client.close()
+        await self._session.close()

@@ -1,0 +1,25 @@
+"""The workloads, in the order they run."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from .cold_burst import run_cold_burst
+from .common import Context, Run
+from .expiry import run_expiry
+from .faults import run_faults
+from .hot_path import run_hot_path
+from .lost_refresh import run_lost_refresh
+from .throughput import run_throughput
+
+__all__ = ["WORKLOADS", "Context", "Run"]
+
+#: name → (runner, strategies it uses: "main" rows or "all" rows incl. transport baselines)
+WORKLOADS: dict[str, tuple[Callable[[Context], Awaitable[list[Run]]], str]] = {
+    "cold-burst": (run_cold_burst, "main"),
+    "expiry-crossing": (run_expiry, "all"),
+    "steady-throughput": (run_throughput, "all"),
+    "faults": (run_faults, "main"),
+    "hot-path": (run_hot_path, "main"),
+    "lost-refresh": (run_lost_refresh, "main"),
+}
