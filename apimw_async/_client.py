@@ -40,6 +40,8 @@ from .resources.whatsapp import WhatsAppResource
 
 __all__ = ["Client"]
 
+_URL_CACHE_SIZE = 1024
+
 log = logging.getLogger(f"{LOGGER_NAME}.client")
 
 
@@ -140,7 +142,10 @@ class Client:
             connector_limit=connector_limit,
         )
         self._headers = {"Accept": "application/json", "User-Agent": f"apimw-async/{__version__}"}
+        self._urls: dict[tuple[str, bool], URL] = {}
         self._rate_limit: RateLimitInfo | None = None
+        # The latest rate-limit headers, parsed only when rate_limit is read.
+        self._rate_limit_headers: tuple[CIMultiDictProxy[str], float] | None = None
         self.auth = AuthResource(self)
         self.whatsapp = WhatsAppResource(self)
         self.webhooks = WebhooksResource(self)
@@ -166,6 +171,12 @@ class Client:
 
         Error responses count too (a 429's ``X-RateLimit-Remaining: 0`` is the latest word).
         """
+        pending = self._rate_limit_headers
+        if pending is not None:
+            self._rate_limit_headers = None
+            info = RateLimitInfo.from_headers(pending[0], now=pending[1])
+            if info.present:
+                self._rate_limit = info
         return self._rate_limit
 
     @property
@@ -224,7 +235,7 @@ class Client:
         ApiResponse(status=200, headers=..., data={...})
         """
         session = self._sessions.get()
-        url = URL(self._base_url + (path if path.startswith("/") else "/" + path), encoded=encoded)
+        url = self._url(path, encoded)
         repeatable = is_idempotent(method) if idempotent is None else idempotent
         policy, clock = self._retry, self._clock
         attempt = 0
@@ -235,8 +246,16 @@ class Client:
                 await self._throttle.acquire()
             token = await self._tokens.get_token()
             try:
-                return await self._send(
-                    session, method, url, token.authorization, json, params, token.access_token
+                return await send(
+                    session,
+                    method,
+                    url,
+                    headers={**self._headers, "Authorization": token.authorization},
+                    json_body=json,
+                    params=params,
+                    bearer=True,
+                    redact=(token.access_token,),
+                    on_headers=self._observe_headers,
                 )
             except AccessTokenError:
                 if replayed:
@@ -273,32 +292,27 @@ class Client:
                 )
                 await clock.sleep(delay)
 
-    async def _send(
-        self,
-        session: aiohttp.ClientSession,
-        method: str,
-        url: URL,
-        authorization: str,
-        json: Any,
-        params: Mapping[str, str] | None,
-        access_token: str,
-    ) -> ApiResponse:
-        return await send(
-            session,
-            method,
-            url,
-            headers={**self._headers, "Authorization": authorization},
-            json_body=json,
-            params=params,
-            bearer=True,
-            redact=(access_token,),
-            on_headers=self._observe_headers,
-        )
+    def _url(self, path: str, encoded: bool) -> URL:
+        # Parsing a URL costs more than the rest of the request's bookkeeping: keep the
+        # parsed ones (bounded: message ids make paths unbounded).
+        key = (path, encoded)
+        url = self._urls.get(key)
+        if url is None:
+            if len(self._urls) >= _URL_CACHE_SIZE:
+                self._urls.clear()
+            url = URL(
+                self._base_url + (path if path.startswith("/") else "/" + path), encoded=encoded
+            )
+            self._urls[key] = url
+        return url
 
     def _observe_headers(self, headers: CIMultiDictProxy[str]) -> None:
-        info = RateLimitInfo.from_headers(headers, now=self._clock.time())
-        if info.present:
-            self._rate_limit = info
+        if (
+            "X-RateLimit-Remaining" in headers
+            or "X-RateLimit-Limit" in headers
+            or "X-RateLimit-Reset" in headers
+        ):
+            self._rate_limit_headers = (headers, self._clock.time())
 
     async def aclose(self) -> None:
         """Close the owned session (and the token manager, if this client made it)."""

@@ -410,6 +410,8 @@ class SessionProvider:
         )
         self._lock = threading.Lock()
         self._closed = False
+        # The latest (loop, session) handed out: skips the weak-dict lookup on the hot path.
+        self._last: tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession] | None = None
 
     @property
     def owns_session(self) -> bool:
@@ -429,13 +431,17 @@ class SessionProvider:
                 raise ClientClosedError("the aiohttp session passed in was closed by its owner")
             return self._user_session
         loop = asyncio.get_running_loop()
+        last = self._last
+        if last is not None and last[0] is loop and not last[1].closed:
+            return last[1]
         owned = self._owned.get(loop)
-        if owned is not None and not owned.session.closed:
-            return owned.session
-        with self._lock:
-            owned = self._owned.get(loop)
-            if owned is None or owned.session.closed:
-                owned = self._create(loop)
+        if owned is None or owned.session.closed:
+            with self._lock:
+                owned = self._owned.get(loop)
+                if owned is None or owned.session.closed:
+                    owned = self._create(loop)
+        # One tuple, assigned at once: a thread running another loop reads both or neither.
+        self._last = (loop, owned.session)
         return owned.session
 
     def _create(self, loop: asyncio.AbstractEventLoop) -> _OwnedSession:
@@ -449,6 +455,9 @@ class SessionProvider:
             with self._lock:
                 if self._owned.get(loop) is owned:
                     del self._owned[loop]
+            last = self._last
+            if last is not None and last[0] is loop:
+                self._last = None
             if not session.closed:
                 await session.close()
 
@@ -459,6 +468,7 @@ class SessionProvider:
     def forget_after_fork(self) -> None:
         """In a forked child: drop the parent's sessions (their loops do not run here)."""
         self._lock = threading.Lock()
+        self._last = None
         for owned in self._owned.values():
             # Closing would touch the parent's sockets; just stop aiohttp from warning.
             owned.session._connector = None
@@ -468,6 +478,7 @@ class SessionProvider:
     async def aclose(self) -> None:
         """Close the owned session of the running loop and forget those of other loops."""
         self._closed = True
+        self._last = None
         if self._user_session is not None:
             return
         loop = asyncio.get_running_loop()

@@ -47,6 +47,10 @@ class BearerAuthMiddleware:
         if scope is True:
             scope = tokens.base_url
         self._scope: URL | None = None if scope in (None, False) else URL(str(scope))
+        # Computed once: the scope is checked on every request.
+        self._origin = None if self._scope is None else self._scope.origin()
+        self._prefix = "" if self._scope is None else self._scope.path.rstrip("/")
+        self._prefix_slash = self._prefix + "/"
         self._replay = replay_on_401
 
     @property
@@ -55,13 +59,12 @@ class BearerAuthMiddleware:
         return self._tokens
 
     def _in_scope(self, url: URL) -> bool:
-        scope = self._scope
-        if scope is None:
+        if self._scope is None:
             return True
-        if url.origin() != scope.origin():
+        if url.origin() != self._origin:
             return False
-        prefix = scope.path.rstrip("/")
-        return url.path == prefix or url.path.startswith(prefix + "/")
+        path = url.path
+        return path == self._prefix or path.startswith(self._prefix_slash)
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         if not self._in_scope(request.url):

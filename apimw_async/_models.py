@@ -93,12 +93,17 @@ class Token:
     refresh_at: float
     expires_at: float
     issued_at: float
+    _authorization: str = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        # Built once: the header is read on every request.
+        scheme = "Bearer" if self.token_type.lower() == "bearer" else self.token_type
+        object.__setattr__(self, "_authorization", f"{scheme} {self.access_token}")
 
     @property
     def authorization(self) -> str:
         """The value of the ``Authorization`` header for this token."""
-        scheme = "Bearer" if self.token_type.lower() == "bearer" else self.token_type
-        return f"{scheme} {self.access_token}"
+        return self._authorization
 
     @property
     def fingerprint(self) -> str:

@@ -24,6 +24,7 @@ import logging
 import os
 import random
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -32,7 +33,7 @@ import aiohttp
 import attrs
 
 from ._auth_api import AuthAPI, TokenGrant
-from ._clock import SYSTEM_CLOCK, Clock
+from ._clock import SYSTEM_CLOCK, Clock, SystemClock
 from ._config import (
     DEFAULT_BASE_URL,
     DEFAULT_CONNECT_TIMEOUT,
@@ -205,6 +206,10 @@ class TokenManager:
             allow_insecure_http=allow_insecure_http,
         )
         self._clock: Clock = clock or SYSTEM_CLOCK
+        # get_token() reads the clock on every call: skip SystemClock's Python frame.
+        self._monotonic: Callable[[], float] = (
+            time.monotonic if type(self._clock) is SystemClock else self._clock.monotonic
+        )
         self._rng = rng or random.Random()
         self._policy = refresh_policy or RefreshPolicy()
         self._retry = retry_policy or RetryPolicy()
@@ -299,7 +304,7 @@ class TokenManager:
         """
         token = self._token
         if token is not None:
-            now = self._clock.monotonic()
+            now = self._monotonic()
             if now < token.refresh_at:
                 return token
             if now < token.expires_at:

@@ -452,3 +452,14 @@ async def test_no_secret_in_logs_reprs_or_errors(
     for secret in secrets:
         assert secret not in haystack
     assert seen[-1].fingerprint in caplog.text  # logs identify tokens by fingerprint
+
+
+def test_parsed_urls_are_cached_but_bounded() -> None:
+    from apimw_async import _client
+
+    client = Client(Credentials("ak_1234567890", "sk_1234567890"), base_url="https://a.b/v1")
+    assert client._url("/auth/me", False) is client._url("/auth/me", False)
+    assert str(client._url("/m/a%2Fb", True)) == "https://a.b/v1/m/a%2Fb"
+    for i in range(3 * _client._URL_CACHE_SIZE):
+        client._url(f"/whatsapp/messages/wamid.{i}", True)
+    assert len(client._urls) <= _client._URL_CACHE_SIZE
