@@ -1,0 +1,64 @@
+"""The benchmark harness runs, and our rows keep their correctness numbers.
+
+A smoke run of ``python -m benchmarks`` (quick sizes, one repetition, two workloads, a few
+strategies): it checks that the harness works and that apimw_async keeps the counts the issue
+asks for (one token call per cold burst, recovery from a lost refresh answer without reuse).
+Timings are never asserted: speed is judged in benchmarks/RESULTS.md, as ratios in one run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytest.importorskip("authlib", reason="the benchmark peers come from the bench extra")
+pytest.importorskip("azure.core", reason="the benchmark peers come from the bench extra")
+
+
+def test_quick_benchmark_smoke_run(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    strategies = "static,naive+lock,apimw_async Client,apimw_async middleware"
+    proc = subprocess.run(  # noqa: S603 - our own interpreter and package
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--no-plot",
+            "-q",
+            "--idle-wait",
+            "0",
+            "--only",
+            "cold-burst,lost-refresh",
+            "--strategies",
+            strategies,
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cold-burst" in proc.stdout
+    runs = json.loads(out.read_text())["runs"]
+    ours = [r for r in runs if r["strategy"].startswith("apimw_async")]
+    assert {r["workload"] for r in ours} == {"cold-burst", "lost-refresh"}
+    for run in ours:
+        metrics = run["metrics"]
+        assert metrics["errors"] == 0, run
+        assert metrics["app_401"] == 0, run
+        if run["workload"] == "cold-burst":
+            assert metrics["token_calls"] == 1, run
+        else:
+            assert metrics["recovered"] is True, run
+            assert metrics["refresh_reuse"] == 0, run
+            assert metrics["families_revoked"] == 0, run
