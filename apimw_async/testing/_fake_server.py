@@ -563,7 +563,9 @@ class FakeAPIMW(_WhatsAppMixin, _WebhooksMixin):
         runner = web.AppRunner(self._build_app(), access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self._requested_port)
+            # A deep accept queue: hundreds of clients connecting at once would otherwise
+            # overflow aiohttp's default of 128 and wait out a 1-s SYN retransmit.
+            site = web.TCPSite(runner, self.host, self._requested_port, backlog=4096)
             await site.start()
         except BaseException:
             await runner.cleanup()
