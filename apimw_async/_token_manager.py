@@ -632,20 +632,16 @@ class TokenManager:
         # Another machine's wall clock wrote issued_at: assume it a little later than ours.
         skew = min(STORE_CLOCK_SKEW, stored.expires_in * 0.05)
         age = max(0.0, self._clock.time() - stored.issued_at + skew)
-        sent_at = now_mono - age
-        refresh_at, expires_at = self._policy.deadlines(sent_at, stored.expires_in, self._rng)
-        if now_mono >= expires_at:
-            return None
-        token = Token(
-            access_token=stored.access_token,
-            token_type=stored.token_type,
-            expires_in=stored.expires_in,
-            refresh_token=stored.refresh_token,
-            obtained_at=sent_at,
-            refresh_at=refresh_at,
-            expires_at=expires_at,
-            issued_at=stored.issued_at,
+        token = self._make_token(
+            stored.access_token,
+            stored.token_type,
+            stored.expires_in,
+            stored.refresh_token,
+            sent_at=now_mono - age,
+            sent_at_wall=stored.issued_at,
         )
+        if token.is_expired(now_mono):
+            return None
         self._token = token
         self._next_background_at = float("-inf")
         self.stats.adopted += 1
@@ -709,17 +705,37 @@ class TokenManager:
             if self._refresh is None:
                 self._refresh = refresh
 
-    def _commit(self, grant: TokenGrant, *, shared: bool = False) -> Token:
-        refresh_at, expires_at = self._policy.deadlines(grant.sent_at, grant.expires_in, self._rng)
-        token = Token(
-            access_token=grant.access_token,
-            token_type=grant.token_type,
-            expires_in=grant.expires_in,
-            refresh_token=grant.refresh_token,
-            obtained_at=grant.sent_at,
+    def _make_token(
+        self,
+        access_token: str,
+        token_type: str,
+        expires_in: float,
+        refresh_token: str | None,
+        *,
+        sent_at: float,
+        sent_at_wall: float,
+    ) -> Token:
+        """A Token whose deadlines count from ``sent_at`` (monotonic), by the refresh policy."""
+        refresh_at, expires_at = self._policy.deadlines(sent_at, expires_in, self._rng)
+        return Token(
+            access_token=access_token,
+            token_type=token_type,
+            expires_in=expires_in,
+            refresh_token=refresh_token,
+            obtained_at=sent_at,
             refresh_at=refresh_at,
             expires_at=expires_at,
-            issued_at=grant.sent_at_wall,
+            issued_at=sent_at_wall,
+        )
+
+    def _commit(self, grant: TokenGrant, *, shared: bool = False) -> Token:
+        token = self._make_token(
+            grant.access_token,
+            grant.token_type,
+            grant.expires_in,
+            grant.refresh_token,
+            sent_at=grant.sent_at,
+            sent_at_wall=grant.sent_at_wall,
         )
         with self._lock:
             if grant.refresh_token is not None:
