@@ -484,11 +484,9 @@ class SessionProvider:
         loop = asyncio.get_running_loop()
         with self._lock:
             owned_here = self._owned.pop(loop, None)
-            others = list(self._owned.values())
+            # Sessions of loops that already ended were closed at their shutdown; those of
+            # loops still running (other threads) close there: dropping the generator lets
+            # that loop's finalizer hook run its ``finally`` inside that loop.
             self._owned.clear()
         if owned_here is not None and owned_here.closer is not None:
             await owned_here.closer.aclose()
-        # Sessions of loops that already ended were closed at their shutdown; those of loops
-        # still running (other threads) close there: dropping the generator lets that loop's
-        # finalizer hook run its ``finally`` inside that loop.
-        del others
