@@ -910,8 +910,8 @@ async def test_dedup_memory_never_exceeds_its_size() -> None:
         await deliver(receiver, event_body(f"evt_{i}"))
     assert isinstance(receiver._dedup, MemoryWebhookDedup)
     assert len(receiver._dedup._seen) == 100
-    assert ("message.delivered", "evt_999") in receiver._seen
-    assert ("message.delivered", "evt_899") not in receiver._seen
+    assert ("message.delivered", "evt_999") in receiver._dedup._seen
+    assert ("message.delivered", "evt_899") not in receiver._dedup._seen
     await receiver.aclose()
 
 
