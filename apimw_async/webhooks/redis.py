@@ -453,6 +453,9 @@ class _Connections:
                         if self._states.get(loop, (None,))[0] is client:
                             del self._states[loop]
                     await _close_quietly(client)
+                    # A client made on a pool does not close that pool's connections.
+                    with contextlib.suppress(Exception):
+                        await client.connection_pool.disconnect()
 
                 state = (client, on_loop_shutdown(close))
                 self._states[loop] = state
@@ -467,8 +470,7 @@ class _Connections:
             with self._lock:
                 state = self._states.pop(loop, None)
             if state is not None:
-                await state[1].aclose()
-                await _close_quietly(state[0])
+                await state[1].aclose()  # runs close() above
 
     def forget_after_fork(self) -> None:
         # The parent's connections are the parent's: keep them referenced, never use them.
@@ -736,6 +738,12 @@ class RedisWebhookQueue:
         self._closed = True
         if self._stopping is not None:
             self._stopping.set()
+        if self._free_changed is not None:
+            self._free_changed.set()
+        if self._loops:
+            # Let a blocked XREADGROUP return on its own: cancelling a redis-py command in
+            # flight can leave its connection waiting on the socket.
+            await asyncio.wait(self._loops, timeout=self._block + 1.0)
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -743,17 +751,18 @@ class RedisWebhookQueue:
             if self._tasks and (timeout is None or timeout > 0):
                 await asyncio.wait(set(self._tasks), timeout=timeout)
         finally:
+            left = len(self._held)
             stragglers = [task for task in self._tasks if not task.done()]
             for task in stragglers:
                 task.cancel()
             await asyncio.gather(*stragglers, return_exceptions=True)
-            if self._held:
-                self.stats.left_at_close += len(self._held)
+            if left:
+                self.stats.left_at_close += left
                 log.info(
                     "webhook queue consumer %s closed holding %d entr(y/ies); another "
-                    "consumer takes them over after %.0f s",
+                    "consumer takes them over after %g s",
                     self._consumer,
-                    len(self._held),
+                    left,
                     self._claim_idle,
                 )
             if self._loops:
@@ -865,8 +874,8 @@ class RedisWebhookQueue:
             self._free_changed.set()
 
     async def _wait_slot(self) -> None:
-        assert self._free_changed is not None
-        while self._free <= 0:
+        assert self._free_changed is not None and self._stopping is not None
+        while self._free <= 0 and not self._stopping.is_set():
             self._free_changed.clear()
             await self._free_changed.wait()
 
@@ -898,8 +907,11 @@ class RedisWebhookQueue:
         pause = _ERROR_PAUSE_MIN
         group_ready = False
         block_ms = _ms(self._block)
+        assert self._stopping is not None
         while True:
             await self._wait_slot()
+            if self._stopping.is_set():
+                return
             try:
                 client = self._connections.get()
                 if not group_ready:
@@ -925,6 +937,8 @@ class RedisWebhookQueue:
             pause = _ERROR_PAUSE_MIN
             for entry_id, fields in _entries(reply):
                 self.stats.read += 1
+                # Even when stopping: the entry is this consumer's now; running it beats
+                # leaving it idle until another consumer's claim_idle passes.
                 self._begin(entry_id, fields, 1)
 
     async def _maintain_loop(self) -> None:
@@ -934,8 +948,7 @@ class RedisWebhookQueue:
         forget_every = max(60.0, self._claim_idle * 10)
         loop = asyncio.get_running_loop()
         next_forget = loop.time() + forget_every
-        while True:
-            await asyncio.sleep(interval)
+        while await self._pause(interval):
             try:
                 client = self._connections.get()
                 if self._held:
