@@ -147,7 +147,8 @@ async def test_memory_mode_answers_503_when_no_slot_frees_in_time(
     reply = await deliver(receiver, event_body("evt_1"))
     assert reply.status == 503
     assert receiver.stats.overloaded == 1
-    assert "saturated" in caplog.text and "503" in caplog.text
+    assert "saturated" in caplog.text
+    assert "503" in caplog.text
     # The refused event is not remembered: its redelivery is handled.
     gate.set()
     await receiver.drain()
@@ -159,6 +160,7 @@ async def test_memory_mode_answers_503_when_no_slot_frees_in_time(
 
 async def test_handoff_concurrency_is_bounded_too() -> None:
     gate = asyncio.Event()
+    three = asyncio.Event()
     running = 0
     peak = 0
 
@@ -166,13 +168,14 @@ async def test_handoff_concurrency_is_bounded_too() -> None:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
+        if running == 3:
+            three.set()
         await gate.wait()
         running -= 1
 
     receiver = WebhookReceiver(SECRET, handler, mode="handoff", max_concurrency=3)
     replies = [asyncio.ensure_future(deliver(receiver, event_body(f"e{i}"))) for i in range(10)]
-    while running < 3:
-        await asyncio.sleep(0)
+    await three.wait()
     for _ in range(5):
         await asyncio.sleep(0)
     assert running == 3
@@ -198,7 +201,8 @@ async def test_require_signed_challenge() -> None:
     assert (await receiver.receive(CHALLENGE, {})).status == 401
     assert receiver.stats.challenges == 0
     signed_reply = await receiver.receive(CHALLENGE, signed(CHALLENGE))
-    assert signed_reply.status == 200 and signed_reply.body == b"ch_abc"
+    assert signed_reply.status == 200
+    assert signed_reply.body == b"ch_abc"
     # Default: an unsigned challenge is answered (the docs do not say it is signed).
     assert (await WebhookReceiver(SECRET, Recorder()).receive(CHALLENGE, {})).status == 200
 

@@ -874,7 +874,8 @@ class RedisWebhookQueue:
             self._free_changed.set()
 
     async def _wait_slot(self) -> None:
-        assert self._free_changed is not None and self._stopping is not None
+        assert self._free_changed is not None
+        assert self._stopping is not None
         while self._free <= 0 and not self._stopping.is_set():
             self._free_changed.clear()
             await self._free_changed.wait()
