@@ -178,6 +178,9 @@ def _error_response(
     )
 
 
+_NOT_JSON: Any = object()
+
+
 def parse_response(
     status: int,
     headers: Mapping[str, str],
@@ -199,9 +202,11 @@ def parse_response(
     try:
         payload = loads(body)
     except (ValueError, UnicodeDecodeError):
-        raise MalformedResponseError(
-            f"HTTP {status} with a body that is not JSON", status=status
-        ) from None
+        # (not raised in here: the decoder's error, the implicit __context__, holds the body,
+        # which may hold a token)
+        payload = _NOT_JSON
+    if payload is _NOT_JSON:
+        raise MalformedResponseError(f"HTTP {status} with a body that is not JSON", status=status)
     if not isinstance(payload, dict) or "success" not in payload:
         raise MalformedResponseError(
             f"HTTP {status} with a body that is not the APIMW envelope", status=status
