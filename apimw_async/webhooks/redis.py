@@ -34,9 +34,7 @@ import os
 import random
 import secrets
 import socket
-import threading
-import weakref
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 import attrs
@@ -54,7 +52,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .._config import LOGGER_NAME
 from .._errors import ConfigurationError, StoreUnavailableError
-from .._http import on_loop_shutdown
+from .._loops import PerLoop
 from ._events import WebhookEvent, WebhookPayloadError, parse_event
 from ._receiver import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_CONCURRENCY, DedupState, WebhookHandler
 
@@ -417,66 +415,42 @@ def _positive_int(value: object, what: str) -> int:
 
 class _Connections:
     """The Redis client: the user's own, or one made from a URL per event loop (redis-py
-    clients are bound to the loop that made their connections), forgotten in a forked child."""
+    clients are bound to the loop that made their connections; see :class:`PerLoop`)."""
 
     def __init__(self, client: Any, url: str | None, kwargs: dict[str, Any]) -> None:
         self._client = client
         self._url = url
         self._kwargs = kwargs
-        self._states: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[Any, AsyncGenerator[None, None]]
-        ] = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
-        _CONNECTIONS.add(self)
+        self._clients: PerLoop[Any] = PerLoop(self._create, close=_close_client)
+
+    def _create(self) -> Any:
+        assert self._url is not None
+        try:
+            # A blocking pool: a burst of intake requests queues for a connection briefly
+            # instead of failing with "Too many connections", which would read as an outage.
+            pool = aioredis.BlockingConnectionPool.from_url(self._url, **self._kwargs)
+        except (ValueError, TypeError) as exc:
+            raise StoreUnavailableError(
+                f"redis webhook queue: cannot create a client ({type(exc).__name__})"
+            ) from exc
+        return aioredis.Redis(connection_pool=pool)
 
     def get(self) -> Any:
         if self._client is not None:
             return self._client
-        loop = asyncio.get_running_loop()
-        state = self._states.get(loop)
-        if state is not None:
-            return state[0]
-        with self._lock:
-            state = self._states.get(loop)
-            if state is None:
-                assert self._url is not None
-                try:
-                    pool = aioredis.BlockingConnectionPool.from_url(self._url, **self._kwargs)
-                except (ValueError, TypeError) as exc:
-                    raise StoreUnavailableError(
-                        f"redis webhook queue: cannot create a client ({type(exc).__name__})"
-                    ) from exc
-                client = aioredis.Redis(connection_pool=pool)
-
-                async def close() -> None:
-                    with self._lock:
-                        if self._states.get(loop, (None,))[0] is client:
-                            del self._states[loop]
-                    await _close_quietly(client)
-                    # A client made on a pool does not close that pool's connections.
-                    with contextlib.suppress(Exception):
-                        await client.connection_pool.disconnect()
-
-                state = (client, on_loop_shutdown(close))
-                self._states[loop] = state
-        return state[0]
+        return self._clients.get()
 
     async def aclose(self) -> None:
         """Close the running loop's own client (a user's client is the user's to close)."""
-        if self._client is not None:
-            return
-        with contextlib.suppress(RuntimeError):
-            loop = asyncio.get_running_loop()
-            with self._lock:
-                state = self._states.pop(loop, None)
-            if state is not None:
-                await state[1].aclose()  # runs close() above
+        if self._client is None:
+            await self._clients.aclose()
 
-    def forget_after_fork(self) -> None:
-        # The parent's connections are the parent's: keep them referenced, never use them.
-        _ORPHANED.extend(state[0] for state in self._states.values())
-        self._states = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
+
+async def _close_client(client: Any) -> None:
+    await _close_quietly(client)
+    # A client made on a pool does not close that pool's connections.
+    with contextlib.suppress(Exception):
+        await client.connection_pool.disconnect()
 
 
 async def _close_quietly(client: Any) -> None:
@@ -1187,16 +1161,3 @@ def _describe(url: str) -> str:
     except ValueError:
         return "<unparsable url>"
     return f"{parts.scheme}://{host}:{port}/{parts.path.lstrip('/') or '0'}"
-
-
-_CONNECTIONS: weakref.WeakSet[_Connections] = weakref.WeakSet()
-_ORPHANED: list[Any] = []
-
-
-def _after_fork_in_child() -> None:
-    for connections in list(_CONNECTIONS):
-        connections.forget_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
