@@ -13,6 +13,8 @@ import datetime
 import email.utils
 import ipaddress
 import json
+import os
+import socket
 import threading
 import time
 import weakref
@@ -56,11 +58,17 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def normalize_base_url(base_url: str, *, allow_insecure_http: bool = False) -> str:
+def normalize_base_url(
+    base_url: str,
+    *,
+    allow_insecure_http: bool = False,
+    insecure_hint: str = "pass allow_insecure_http=True",
+) -> str:
     """Check a base URL and return it without a trailing slash.
 
     HTTPS is required; plain ``http`` is accepted for loopback hosts (the bundled fake server)
-    or with ``allow_insecure_http=True``.
+    or with ``allow_insecure_http=True``. ``insecure_hint`` is how the refusal tells the user to
+    opt in (the CLI names its flag).
     """
     try:
         url = URL(base_url)
@@ -75,7 +83,7 @@ def normalize_base_url(base_url: str, *, allow_insecure_http: bool = False) -> s
     if url.scheme == "http" and not (_is_loopback(url.host) or allow_insecure_http):
         raise ConfigurationError(
             f"refusing plain-http base_url for non-loopback host {url.host!r}: APIMW requires "
-            "HTTPS; pass allow_insecure_http=True to override (never in production)"
+            f"HTTPS; {insecure_hint} to override (never in production)"
         )
     return str(url).rstrip("/")
 
@@ -320,16 +328,16 @@ async def send(
             status = resp.status
             resp_headers = resp.headers
     except aiohttp.ConnectionTimeoutError as exc:
-        raise APITimeoutError(f"{method} {_path(url)}: connect timed out", sent=False) from exc
+        raise APITimeoutError(f"{method} {_target(url)}: connect timed out", sent=False) from exc
     except asyncio.TimeoutError as exc:
-        raise APITimeoutError(f"{method} {_path(url)}: timed out") from exc
+        raise APITimeoutError(f"{method} {_target(url)}: timed out") from exc
     except aiohttp.ClientConnectorError as exc:
         raise APIConnectionError(
-            f"{method} {_path(url)}: cannot connect ({type(exc).__name__})", sent=False
+            f"{method} {_target(url)}: cannot connect ({_reason(exc)})", sent=False
         ) from exc
     except (aiohttp.ClientError, OSError) as exc:
         raise APIConnectionError(
-            f"{method} {_path(url)}: connection failed ({type(exc).__name__})"
+            f"{method} {_target(url)}: connection failed ({_reason(exc)})"
         ) from exc
     except RuntimeError as exc:
         if session.closed:
@@ -338,6 +346,35 @@ async def send(
     if on_headers is not None:
         on_headers(resp_headers)
     return parse_response(status, resp_headers, body, bearer=bearer, redact=redact)
+
+
+def _target(url: str | URL) -> str:
+    # Transport errors name the host and port tried (a mistyped base URL shows), never the
+    # query string.
+    try:
+        parsed = URL(url)
+        host = parsed.raw_host or ""
+        host = f"[{host}]" if ":" in host else host
+        return f"{parsed.scheme}://{host}:{parsed.port}{parsed.raw_path}"
+    except (ValueError, TypeError):
+        return _path(url)
+
+
+def _reason(exc: BaseException) -> str:
+    """``Connection refused``, ``Name or service not known``...: the OS's word, if any."""
+    os_error = getattr(exc, "os_error", None)
+    for error in (os_error, exc):
+        if not isinstance(error, OSError):
+            continue
+        if (
+            not isinstance(error, socket.gaierror)
+            and isinstance(error.errno, int)
+            and error.errno > 0
+        ):
+            return os.strerror(error.errno)  # asyncio's strerror is "Connect call failed (...)"
+        if error.strerror:
+            return str(error.strerror)
+    return type(exc).__name__
 
 
 def _path(url: str | URL) -> str:
