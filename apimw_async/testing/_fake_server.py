@@ -25,7 +25,7 @@ Tests drive it through:
 * :class:`FakeStats` (``fake.stats``): counters, and :meth:`FakeAPIMW.wait_until` /
   :meth:`FakeAPIMW.wait_for_deliveries` to wait for them without polling.
 
-Where the public docs are silent (see the Gaps in the API notes) the behaviour chosen here is
+Where the public docs are silent (see the Gaps in docs/apimw-api.md) the behaviour chosen here is
 documented on the handler or its module and, where a real server could plausibly differ,
 configurable.
 
