@@ -35,6 +35,8 @@ Manager = Callable[..., tuple[TokenManager, ScriptedAuth]]
 
 @pytest.fixture
 def clock() -> FakeClock:
+    """A clock that moves only when a test advances it: these tests check what happens (and
+    what does not) at each instant, with no fake server involved."""
     return FakeClock()
 
 
