@@ -115,10 +115,11 @@ end
 return 1
 """
 
-# KEYS[1] stream; ARGV: group, entry id.
+# KEYS[1] stream; ARGV: group, entry ids... (the handled entries of one event-loop turn).
 _ACK: Final = """
-local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
+local ids = {unpack(ARGV, 2)}
+local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+redis.call('XDEL', KEYS[1], unpack(ids))
 return acked
 """
 
@@ -267,7 +268,8 @@ class QueueStats:
     read: int = 0
     #: Entries taken over from a consumer idle for ``claim_idle`` (dead or stuck).
     claimed: int = 0
-    #: Entries handled and acknowledged.
+    #: Entries handled and acknowledged (an entry whose acknowledgement failed is handled
+    #: again later: at least once).
     handled: int = 0
     #: Handler calls that raised.
     failed_attempts: int = 0
@@ -581,6 +583,8 @@ class RedisWebhookQueue:
         self._loops: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._held: dict[str, _Held] = {}
+        # Entries handled but not yet acknowledged: one script acknowledges a whole batch.
+        self._acks: list[tuple[str, asyncio.Future[bool]]] = []
         self._closed = False
 
     @classmethod
@@ -999,8 +1003,8 @@ class RedisWebhookQueue:
                         error = type(exc).__name__
                         self.stats.failed_attempts += 1
                     else:
-                        await self._settle(_S_ACK, [self.stream_key], [self._group, entry])
-                        self.stats.handled += 1
+                        if await self._ack(entry):
+                            self.stats.handled += 1
                         return
                 if attempts >= self._max_attempts:
                     moved = await self._settle(
@@ -1051,6 +1055,30 @@ class RedisWebhookQueue:
             self._held.pop(entry, None)
             if holding_slot:
                 self._give_slot()
+
+    async def _ack(self, entry: str) -> bool:
+        """Acknowledge and delete a handled entry, batched with the others of this loop turn
+        (one round trip for many); ``False`` if Redis failed (the entry stays pending)."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._acks.append((entry, future))
+        if len(self._acks) == 1:
+            task = asyncio.get_running_loop().create_task(self._flush_acks())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(future)
+
+    async def _flush_acks(self) -> None:
+        done: Any = None
+        batch: list[tuple[str, asyncio.Future[bool]]] = []
+        try:
+            await asyncio.sleep(0)  # let the other handlers finishing this turn join the batch
+            batch, self._acks = self._acks, []
+            ids = [entry for entry, _ in batch]
+            done = await self._settle(_S_ACK, [self.stream_key], [self._group, *ids])
+        finally:
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(done is not None)
 
     async def _settle(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
         """Run a script on an entry; on a Redis failure the entry stays pending (another
