@@ -429,3 +429,64 @@ async def test_redis_dedup_down_fails_open(redis_server: RedisServer) -> None:
     assert handler.done == ["evt_1"]
     assert receiver.stats.dedup_errors == 1
     await receiver.aclose()
+
+
+# --- framework adapters start the consumers ---------------------------------------------------
+
+
+async def test_fastapi_router_starts_and_stops_the_queue(redis_url: str, redis_prefix: str) -> None:
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    import aiohttp
+    from fastapi import FastAPI
+
+    from apimw_async.fastapi import webhook_router
+
+    from .test_fastapi import serve
+
+    handler = Handled()
+    queue = make_queue(redis_url, redis_prefix)
+    receiver = WebhookReceiver(SECRET, handler, queue=queue)
+    app = FastAPI()
+    app.include_router(webhook_router(receiver))
+    async with serve(app) as base:
+        assert queue.running  # started by the router's lifespan
+        body = event_body("evt_fastapi")
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{base}/webhooks", data=body, headers=signed(body)) as resp,
+        ):
+            assert resp.status == 200
+        await wait_for(lambda: handler.done == ["evt_fastapi"])
+    assert receiver.closed
+    assert not queue.running
+
+
+async def test_aiohttp_app_starts_and_stops_the_queue(redis_url: str, redis_prefix: str) -> None:
+    import aiohttp
+    from aiohttp import web
+
+    from apimw_async.webhooks import make_aiohttp_app
+
+    handler = Handled()
+    queue = make_queue(redis_url, redis_prefix)
+    receiver = WebhookReceiver(SECRET, handler, queue=queue)
+    runner = web.AppRunner(make_aiohttp_app(receiver))
+    await runner.setup()
+    try:
+        assert queue.running
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/webhooks"
+        body = event_body("evt_aiohttp")
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, data=body, headers=signed(body)) as resp:
+                assert resp.status == 200
+            challenge = b'{"type": "webhook.verification", "challenge": "c1"}'
+            async with http.post(url, data=challenge) as resp:
+                assert await resp.read() == b"c1"
+                assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        await wait_for(lambda: handler.done == ["evt_aiohttp"])
+    finally:
+        await runner.cleanup()
+    assert not queue.running
