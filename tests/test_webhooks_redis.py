@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -490,3 +491,49 @@ async def test_aiohttp_app_starts_and_stops_the_queue(redis_url: str, redis_pref
     finally:
         await runner.cleanup()
     assert not queue.running
+
+
+# --- Redis Cluster -------------------------------------------------------------------------------
+
+
+async def test_queue_and_dedup_on_a_redis_cluster(request: pytest.FixtureRequest) -> None:
+    # The 3-node cluster fixture comes with the rate-limiter work (tests/conftest_redis.py);
+    # until it is there, this test has nothing to run against.
+    try:
+        cluster_url = request.getfixturevalue("redis_cluster_url")
+    except pytest.FixtureLookupError:
+        pytest.skip("no redis_cluster_url fixture in this tree")
+    from redis.asyncio.cluster import RedisCluster
+
+    client = RedisCluster.from_url(cluster_url, socket_timeout=5)
+    prefix = f"apimw-test-{uuid.uuid4().hex[:12]}"
+    try:
+        # Several names: their keys hash to different slots (nodes); each script stays in one.
+        for name in ("acct-1", "acct-2", "acct-3"):
+            handler = Handled(fail={f"{name}-bad": 99})
+            queue = RedisWebhookQueue(client, prefix=prefix, name=name, max_attempts=2, **QUICK)
+            receiver = WebhookReceiver(SECRET, handler, queue=queue)
+            await receiver.start()
+            for event_id in (f"{name}-1", f"{name}-2", f"{name}-1", f"{name}-bad"):
+                assert (await deliver(receiver, event_body(event_id))).status == 200
+            await wait_for(lambda q=queue: q.stats.handled == 2 and q.stats.dead_lettered == 1)
+            assert queue.stats.duplicates == 1
+            letters = await queue.dead_letters()
+            assert [letter.event_id for letter in letters] == [f"{name}-bad"]
+            handler.fail.clear()
+            assert await queue.replay() == 1
+            await wait_for(lambda q=queue: q.stats.handled == 3)
+            info = await queue.info()
+            assert (info.length, info.pending, info.dead) == (0, 0, 0)
+            await receiver.aclose()
+        dedup = RedisWebhookDedup(client, prefix=prefix, name="acct-1")
+        assert await dedup.claim(("message.read", "e"), hold=5) == "new"
+        assert await dedup.claim(("message.read", "e"), hold=5) == "busy"
+        await dedup.release(("message.read", "e"))
+        assert await dedup.claim(("message.read", "e"), hold=None) == "new"
+        assert await dedup.claim(("message.read", "e"), hold=None) == "done"
+    finally:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
+        for key in keys:
+            await client.delete(key)
+        await client.aclose()
