@@ -126,8 +126,11 @@ async def test_consumers_handle_and_delete_entries(
     info = await queue.info()
     assert (info.length, info.pending, info.dead) == (0, 0, 0)  # acknowledged and deleted
     assert sorted(handler.done) == sorted(f"evt_{i}" for i in range(20))
+    assert info.consumers == 1
     await receiver.aclose()
     assert await raw.xlen(queue.stream_key) == 0
+    # A consumer that closes holding nothing leaves the group.
+    assert await raw.xinfo_consumers(queue.stream_key, queue.group) == []
 
 
 async def test_a_failed_handler_is_retried_then_acknowledged(
@@ -225,7 +228,12 @@ async def test_entries_of_a_stopped_consumer_are_claimed_by_a_live_one(
     assert second_queue.stats.claimed == 1
     assert second_queue.stats.read == 0
     await wait_for(lambda: second_queue.stats.handled == 1)
-    assert (await second_queue.info()).length == 0
+    info = await second_queue.info()
+    assert (info.length, info.consumers) == (0, 2)  # the dead consumer is still registered
+    # Consumers holding nothing and idle past the stale time are removed (normally after an
+    # hour; the dead one holds nothing since its entry was claimed).
+    await second_queue._forget_consumer(stale=0.001)
+    assert (await second_queue.info()).consumers == 1
     await second.aclose()
 
 

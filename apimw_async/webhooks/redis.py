@@ -203,13 +203,17 @@ redis.call('XDEL', KEYS[2], ARGV[1])
 return 1
 """
 
-# KEYS[1] stream; ARGV: group, consumer, stale idle ms. Removes this consumer if it holds
-# nothing, and any other consumer idle longer than the stale time that holds nothing.
+# KEYS[1] stream; ARGV: group, consumer, stale idle ms, '1' to remove this consumer. Removes
+# this consumer if asked and it holds nothing, and any other consumer idle longer than the
+# stale time that holds nothing (a consumer that holds entries is never removed: XGROUP
+# DELCONSUMER would drop them from the pending list, and nobody would claim them).
 _FORGET: Final = """
 local removed = 0
-local mine = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
-if not mine[1] then
-  removed = removed + redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[4] == '1' then
+  local mine = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+  if not mine[1] then
+    removed = removed + redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+  end
 end
 if tonumber(ARGV[3]) > 0 then
   for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
@@ -745,7 +749,7 @@ class RedisWebhookQueue:
                 )
             if self._loops:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._forget_consumer(stale=0.0), 2.0)
+                    await asyncio.wait_for(self._forget_consumer(0.0, itself=True), 2.0)
             await self._connections.aclose()
 
     # --- dead letters, inspection -----------------------------------------------------------
@@ -962,10 +966,11 @@ class RedisWebhookQueue:
             self._begin(entry_id, flat, int(count))
         return _text(next_cursor)
 
-    async def _forget_consumer(self, stale: float) -> None:
+    async def _forget_consumer(self, stale: float, *, itself: bool = False) -> None:
         client = self._connections.get()
         stale_ms = 0 if stale <= 0 else _ms(stale)
-        await _S_FORGET(client, [self.stream_key], [self._group, self._consumer, stale_ms])
+        args = [self._group, self._consumer, stale_ms, "1" if itself else "0"]
+        await _S_FORGET(client, [self.stream_key], args)
 
     def _begin(self, entry_id: Any, flat: Any, attempts: int) -> None:
         entry = _text(entry_id)
