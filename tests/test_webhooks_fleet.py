@@ -18,6 +18,8 @@ import pytest
 
 from apimw_async.webhooks import sign
 
+from .redis_server import RedisServer
+
 redis_mod = pytest.importorskip("redis")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +28,7 @@ WORKERS = 8
 EVENTS = 5_000
 REDELIVERIES = EVENTS // 10
 KILLS = 3
-CLAIM_IDLE = 1.0
+CLAIM_IDLE = 1.5
 TYPES = ("message.sent", "message.delivered", "message.read", "message.received")
 
 
@@ -96,8 +98,9 @@ def key_of(index: int) -> str:
 
 @pytest.mark.timeout(180)
 async def test_fleet_of_workers_sigkilled_during_handling_loses_nothing(
-    redis_url: str, redis_prefix: str
+    redis_server: RedisServer,
 ) -> None:
+    redis_url, redis_prefix = redis_server.url, "fleet"
     workers = [Worker(redis_url, redis_prefix) for _ in range(WORKERS)]
     admin = redis_mod.asyncio.Redis.from_url(redis_url)
     stream = f"{redis_prefix}:{{default}}:stream"
@@ -113,13 +116,14 @@ async def test_fleet_of_workers_sigkilled_during_handling_loses_nothing(
         sent = 0
         next_item = 0
         killed: list[Worker] = []
+        held_at_death: list[int] = []
 
         async def kill_one_holding_entries() -> None:
             # Kill a worker while it holds entries (read, not acknowledged): the worst moment.
             for _ in range(200):
                 summary = await admin.xpending(stream, "apimw")
                 holding = {
-                    _text(c["name"]).split(":")[1]
+                    _text(c["name"]).split(":")[1]: _text(c["name"])
                     for c in summary.get("consumers", [])
                     if int(c["pending"]) > 0
                 }
@@ -128,6 +132,11 @@ async def test_fleet_of_workers_sigkilled_during_handling_loses_nothing(
                     victim = rng.choice(live)
                     victim.kill()
                     killed.append(victim)
+                    # What it held when it died (nobody claims it for CLAIM_IDLE seconds).
+                    held = await admin.xpending_range(
+                        stream, "apimw", "-", "+", 100_000, holding[str(victim.process.pid)]
+                    )
+                    held_at_death.append(len(held))
                     return
                 await asyncio.sleep(0.005)
             raise AssertionError("no worker ever held an entry")
@@ -192,20 +201,28 @@ async def test_fleet_of_workers_sigkilled_during_handling_loses_nothing(
         claimed = sum(s["claimed"] for s in stats.values())
         assert claimed > 0  # the dead consumers' entries were taken over by live ones
         assert sum(s["dead_lettered"] for s in stats.values()) == 0
-        # Redeliveries were stored once: every handler call beyond one per event comes from
-        # an entry a killed worker held (taken over and run again: at least once).
         calls = [int(v) for v in (await admin.hgetall(f"{redis_prefix}:calls")).values()]
-        assert len(calls) == EVENTS
-        assert sum(calls) - EVENTS <= claimed
+        extra = sum(calls) - EVENTS
+        lost = sum(s["lost_ownership"] for s in stats.values())
         duplicates = sum(s["duplicates"] for s in stats.values())
         stored = sum(s["stored"] for s in stats.values())
-        assert duplicates >= 1
         print(
             f"\nfleet: {EVENTS} events + {REDELIVERIES} redeliveries, {KILLS} workers killed; "
             f"refused/failed attempts {refused}; stored by survivors {stored}, "
             f"duplicates {duplicates}, claimed {claimed}, extra handler calls "
-            f"{sum(calls) - EVENTS}"
+            f"{extra} (held by killed workers: {held_at_death}), lost ownership {lost}"
         )
+        # Redeliveries were stored once: exactly one XADD per event (this server is ours).
+        commands = await admin.info("commandstats")
+        assert commands["cmdstat_xadd"]["calls"] == EVENTS
+        assert duplicates >= 1
+        # Handler calls beyond one per event come from take-overs (at least once): entries a
+        # killed worker held when it died, or, on a machine loaded enough that a live worker
+        # did not touch its entries within CLAIM_IDLE, entries taken from it (the loser counts
+        # them if it notices, the taker in any case: claims beyond the dead workers' entries).
+        assert len(calls) == EVENTS
+        held = sum(held_at_death)
+        assert extra <= held + max(lost, claimed - held)
     finally:
         for worker in workers:
             worker.stop()

@@ -497,10 +497,13 @@ def _seen_key(base: str, key: tuple[str, str]) -> str:
 
 
 class _Held:
-    __slots__ = ("lost",)
+    __slots__ = ("lost", "settling")
 
     def __init__(self) -> None:
         self.lost = False
+        #: Being acknowledged or dead-lettered: gone from the pending list any moment now,
+        #: which is not a loss of ownership.
+        self.settling = False
 
 
 class RedisWebhookQueue:
@@ -952,7 +955,7 @@ class RedisWebhookQueue:
         )
         for entry_id, count in zip(ids, counts, strict=False):
             held = self._held.get(entry_id)
-            if held is not None and not int(count) and not held.lost:
+            if held is not None and not int(count) and not held.lost and not held.settling:
                 held.lost = True
                 self.stats.lost_ownership += 1
 
@@ -1008,10 +1011,12 @@ class RedisWebhookQueue:
                         error = type(exc).__name__
                         self.stats.failed_attempts += 1
                     else:
+                        held.settling = True
                         if await self._ack(entry):
                             self.stats.handled += 1
                         return
                 if attempts >= self._max_attempts:
+                    held.settling = True
                     moved = await self._settle(
                         _S_DEAD,
                         [self.stream_key, self.dead_key],
