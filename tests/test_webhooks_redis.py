@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -545,3 +547,47 @@ async def test_queue_and_dedup_on_a_redis_cluster(request: pytest.FixtureRequest
         for key in keys:
             await client.delete(key)
         await client.aclose()
+
+
+# --- fork after use ------------------------------------------------------------------------------
+
+
+def _forked_put(queue: RedisWebhookQueue, event_id: str, result_path: str) -> None:
+    """A forked child: store one delivery through the parent's queue object."""
+    outcome = "crash"
+    try:
+        event = WebhookEvent(type="message.delivered", id=event_id)
+        outcome = str(asyncio.run(queue.put(event, event_body(event_id))))
+    finally:
+        Path(result_path).write_text(outcome)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+async def test_forked_children_use_their_own_connections(
+    redis_url: str, redis_prefix: str, raw: Any, tmp_path: Path
+) -> None:
+    import multiprocessing
+    import warnings
+
+    handler = Handled()
+    queue = make_queue(redis_url, redis_prefix)
+    receiver = WebhookReceiver(SECRET, handler, queue=queue)
+    await deliver(receiver, event_body("parent-1"))  # the parent's pool has a connection now
+    ctx = multiprocessing.get_context("fork")
+    processes = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+        for index in range(2):
+            path = tmp_path / f"child-{index}"
+            process = ctx.Process(target=_forked_put, args=(queue, f"child-{index}", str(path)))
+            process.start()
+            processes.append((process, path))
+    await wait_for(lambda: all(p.exitcode is not None for p, _ in processes), timeout=60)
+    assert [(p.exitcode, path.read_text()) for p, path in processes] == [(0, "True")] * 2
+    # The children neither used nor closed the parent's connections: the parent goes on.
+    await deliver(receiver, event_body("parent-2"))
+    assert await raw.xlen(queue.stream_key) == 4
+    await receiver.start()
+    await wait_for(lambda: len(handler.calls) == 4)
+    assert sorted(handler.done) == ["child-0", "child-1", "parent-1", "parent-2"]
+    await receiver.aclose()
