@@ -591,3 +591,29 @@ async def test_forked_children_use_their_own_connections(
     await wait_for(lambda: len(handler.calls) == 4)
     assert sorted(handler.done) == ["child-0", "child-1", "parent-1", "parent-2"]
     await receiver.aclose()
+
+
+async def test_no_secret_in_logs_reprs_or_errors(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    password = "redis-pass-0123456789"
+    url = redis_server.url.replace("redis://", f"redis://:{password}@")
+    handler = Handled(fail={"evt_1": 9})
+    queue = RedisWebhookQueue.from_url(url, max_attempts=1, **QUICK)
+    receiver = WebhookReceiver(SECRET, handler, queue=queue)
+    redis_server.stop()  # every Redis call fails
+    assert (await deliver(receiver, event_body("evt_1"))).status == 503
+    with pytest.raises(StoreUnavailableError) as caught:
+        await queue.put(WebhookEvent(type="t", id="i"), b"{}")
+    chain: list[BaseException] = []
+    error: BaseException | None = caught.value
+    while error is not None and len(chain) < 10:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    texts = [repr(receiver), repr(queue), caplog.text, *(str(e) for e in chain)]
+    texts += [repr(e.args) for e in chain]
+    for text in texts:
+        assert SECRET not in text
+        assert password not in text
+    await receiver.aclose()
