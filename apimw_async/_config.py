@@ -6,7 +6,10 @@ the tests agree on one number.
 
 from __future__ import annotations
 
-from typing import Final
+import math
+from typing import Any, Final
+
+from ._errors import ConfigurationError
 
 #: The documented production base URL (``/v1`` included).
 DEFAULT_BASE_URL: Final = "https://api.apimw.com/v1"
@@ -76,3 +79,23 @@ STORE_POLL_INTERVAL: Final = 0.25
 STORE_RETRY_INTERVAL: Final = 5.0
 #: ... and a stored pair is assumed this much older than its writer's clock says (skew).
 STORE_CLOCK_SKEW: Final = 1.0
+
+
+def seconds(
+    name: str, value: Any, *, allow_zero: bool = False, allow_infinite: bool = False
+) -> float:
+    """``value`` as a duration in seconds, or a :class:`ConfigurationError` naming ``name``.
+
+    Only real numbers: ``"5"``, ``True`` and ``None`` are refused, and so are NaN (which
+    compares false to everything, so a ``NaN`` deadline would never pass) and, unless allowed,
+    infinity and zero.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    number = float(value)
+    if math.isnan(number) or number < 0 or (number == 0 and not allow_zero):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ConfigurationError(f"{name} must be a {kind} number of seconds, not {value!r}")
+    if math.isinf(number) and not allow_infinite:
+        raise ConfigurationError(f"{name} must be finite")
+    return number

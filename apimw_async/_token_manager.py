@@ -62,6 +62,7 @@ from ._config import (
     REFRESH_TOKEN_SAFETY_MARGIN,
     STORE_CHECK_INTERVAL,
     STORE_LEASE_MARGIN,
+    seconds,
 )
 from ._errors import (
     APIMWError,
@@ -104,6 +105,12 @@ class RefreshPolicy:
     expiry_margin_fraction: float = attrs.field(default=DEFAULT_EXPIRY_MARGIN_FRACTION)
 
     def __attrs_post_init__(self) -> None:
+        seconds("RefreshPolicy.max_window", self.max_window)
+        seconds("RefreshPolicy.expiry_margin", self.expiry_margin, allow_zero=True)
+        seconds("RefreshPolicy.jitter", self.jitter, allow_zero=True)
+        seconds(
+            "RefreshPolicy.expiry_margin_fraction", self.expiry_margin_fraction, allow_zero=True
+        )
         if not 0 < self.fraction < 1:
             raise ConfigurationError("RefreshPolicy.fraction must be between 0 and 1")
         if self.max_window <= 0 or self.expiry_margin < 0 or self.jitter < 0:
@@ -208,8 +215,14 @@ class TokenManager:
     ) -> None:
         if not isinstance(credentials, Credentials):
             raise ConfigurationError("credentials must be an apimw_async.Credentials")
-        if deadline <= 0 or request_timeout <= 0:
-            raise ConfigurationError("deadline and request_timeout must be positive")
+        deadline = seconds("deadline", deadline)
+        request_timeout = seconds("request_timeout", request_timeout)
+        permanent_failure_cooldown = seconds(
+            "permanent_failure_cooldown", permanent_failure_cooldown, allow_zero=True
+        )
+        refresh_token_lifetime = seconds("refresh_token_lifetime", refresh_token_lifetime)
+        if lease_ttl is not None:
+            lease_ttl = seconds("lease_ttl", lease_ttl)
         self._credentials = credentials
         self._base_url = normalize_base_url(
             base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import secrets
 from typing import Any, Protocol, runtime_checkable
 
@@ -30,6 +31,7 @@ import attrs
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._errors import MalformedResponseError
+from .._models import header_safe
 
 __all__ = ["MemoryTokenStore", "StoredToken", "TokenStore"]
 
@@ -89,8 +91,8 @@ class StoredToken:
             if not isinstance(revoked, bool):
                 raise TypeError("revoked is not a boolean")
             token = cls(
-                access_token=_str(data["access_token"]),
-                token_type=_str(data["token_type"]),
+                access_token=_header_value(data["access_token"]),
+                token_type=_header_value(data["token_type"]),
                 expires_in=_float(data["expires_in"]),
                 refresh_token=None if refresh is None else _str(refresh),
                 issued_at=_float(data["issued_at"]),
@@ -129,9 +131,18 @@ def _str(value: Any) -> str:
     return value
 
 
+def _header_value(value: Any) -> str:
+    # A value that cannot go into a header would break every request for its whole life.
+    if not isinstance(value, str) or not header_safe(value):
+        raise TypeError("expected a header-safe string")
+    return value
+
+
 def _float(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError("expected a number")
+    if not math.isfinite(value):
+        raise ValueError("expected a finite number")
     return float(value)
 
 
