@@ -72,7 +72,7 @@ from ._errors import (
     InvalidRefreshTokenError,
     TokenUnavailableError,
 )
-from ._loops import PerLoop
+from ._loops import PerLoop, abandon_task
 from ._models import Credentials, Token, fingerprint
 from ._retry import Outcome, RetryPolicy, is_transient, outcome_of
 from ._sessions import SessionProvider
@@ -178,6 +178,12 @@ class _LoopState:
         self.inflight: asyncio.Task[Token] | None = None
         self.hooks: set[asyncio.Task[Any]] = set()
 
+    def abandon(self) -> None:
+        # Its loop was closed (not shut down) with these still pending: they never finish.
+        abandon_task(self.inflight)
+        for task in list(self.hooks):
+            abandon_task(task)
+
 
 class TokenManager:
     """Obtains, caches and refreshes APIMW access tokens.
@@ -275,7 +281,9 @@ class TokenManager:
         # Guards the refresh token (take / put back / replace), which threads running other
         # event loops may touch too; never held across an await.
         self._lock = threading.Lock()
-        self._loops: PerLoop[_LoopState] = PerLoop(_LoopState, after_fork=self._after_fork)
+        self._loops: PerLoop[_LoopState] = PerLoop(
+            _LoopState, abandon=_LoopState.abandon, after_fork=self._after_fork
+        )
         self._cooldown_until = float("-inf")
         self._cooldown_cause: BaseException | None = None
         self._permanent_error: InvalidCredentialsError | None = None

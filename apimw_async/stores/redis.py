@@ -46,7 +46,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from .._clock import SYSTEM_CLOCK, Clock
 from .._config import LOGGER_NAME, REFRESH_TOKEN_LIFETIME, seconds
 from .._errors import ConfigurationError, StoreUnavailableError
-from .._loops import PerLoop
+from .._loops import PerLoop, abandon_task, release_transport
 from . import StoredToken
 
 __all__ = ["Cipher", "RedisTokenStore"]
@@ -223,6 +223,7 @@ class _Listener:
         self._events: dict[str, set[asyncio.Event]] = {}
         self._subscribed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._pubsub: Any = None
         self._loop = asyncio.get_running_loop()
         self._retry_at = float("-inf")
         self._idle_since = self._loop.time()
@@ -267,7 +268,7 @@ class _Listener:
                 event.set()
 
     async def _run(self) -> None:
-        pubsub = self._client.pubsub()
+        pubsub = self._pubsub = self._client.pubsub()
         try:
             await pubsub.psubscribe(self._pattern)
             while True:
@@ -319,6 +320,28 @@ class _LoopState:
         self.release = client.register_script(_RELEASE)
         self.listener = _Listener(client, prefix) if notifications else None
         self.probes: dict[str, asyncio.Task[tuple[int, bool]]] = {}
+
+    def abandon(self) -> None:
+        """Release what a closed loop left behind (no await possible): the listener's task,
+        the probes in flight and the connections' sockets."""
+        pool: Any = self.client.connection_pool
+        connections: list[Any] = [
+            *getattr(pool, "_available_connections", ()),
+            *getattr(pool, "_in_use_connections", ()),
+        ]
+        tasks: list[asyncio.Task[Any] | None] = list(self.probes.values())
+        if self.listener is not None:
+            tasks.append(self.listener._task)
+            connections.append(getattr(self.listener._pubsub, "connection", None))
+        # The transports first: closing a task's coroutine runs redis-py clean-up code that
+        # forgets a connection's writer without being able to close it.
+        transports = [getattr(getattr(c, "_writer", None), "transport", None) for c in connections]
+        for task in tasks:
+            abandon_task(task)
+        for connection, transport in zip(connections, transports, strict=True):
+            release_transport(transport)
+            if connection is not None:
+                connection._writer = connection._reader = None
 
     async def close(self) -> None:
         if self.listener is not None:
@@ -420,7 +443,9 @@ class RedisTokenStore:
         self._poll_interval = float(poll_interval)
         self._refresh_lifetime = float(refresh_token_lifetime)
         self._clock = clock or SYSTEM_CLOCK
-        self._states: PerLoop[_LoopState] = PerLoop(self._create_state, close=_LoopState.close)
+        self._states: PerLoop[_LoopState] = PerLoop(
+            self._create_state, close=_LoopState.close, abandon=_LoopState.abandon
+        )
         self._closed = False
         self._warned_plaintext = False
 
