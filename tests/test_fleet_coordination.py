@@ -183,3 +183,45 @@ async def test_revoke_reaches_every_process_through_the_store(
             await tm.aclose()
         for store in stores:
             await store.aclose()
+
+
+async def test_a_refused_refresh_then_the_credentials_outlast_no_lease(
+    clock: FakeClock, redis_url: str
+) -> None:
+    """The worst attempt under one lease: a refused refresh, then the credentials, each slow.
+    Together they take longer than the lease; renewed, it does not lapse, so the waiting
+    process adopts the holder's pair instead of calling the token endpoint itself."""
+    from apimw_async.stores.redis import RedisTokenStore
+
+    prefix = f"apimw-renew-{uuid.uuid4().hex[:10]}"
+    async with FakeAPIMW(reuse_detection=True, token_latency=0.8) as fake:
+        stores = [RedisTokenStore.from_url(redis_url, prefix=prefix) for _ in range(2)]
+        a, b = (
+            TokenManager(
+                fake.credentials,
+                base_url=fake.base_url,
+                store=store,
+                clock=clock,
+                request_timeout=1.0,
+                lease_ttl=1.4,  # < 0.8 s refused refresh + 0.8 s credentials
+                rng=random.Random(i),
+            )
+            for i, store in enumerate(stores)
+        )
+        await a.get_token()
+        await b.get_token()
+        assert fake.stats.token_calls == 1
+        fake.revoke_refresh_tokens()
+        clock.advance(3600)  # both need a new token; a goes first
+        holder = asyncio.create_task(a.get_token())
+        await asyncio.wait_for(fake.wait_until(lambda s: s.refresh_calls == 1), HANG_GUARD)
+        token = await asyncio.wait_for(b.get_token(), HANG_GUARD)
+        assert token.access_token == (await holder).access_token
+        assert fake.stats.token_calls == 2  # a's fallback only; b waited for it
+        assert b.stats.adopted == 2
+        assert b.stats.token_calls == 0
+        assert fake.stats.refresh_reuse == 0
+        for tm in (a, b):
+            await tm.aclose()
+        for store in stores:
+            await store.aclose()
