@@ -109,10 +109,15 @@ class PerLoop(Generic[T]):
             return last[1]
         entry = self._entries.get(loop)
         if entry is None:
+            dropped: list[tuple[asyncio.AbstractEventLoop, _Entry[T]]] = []
             with self._lock:
                 entry = self._entries.get(loop)
                 if entry is None:
+                    dropped = self._take_closed()
                     entry = self._add(loop)
+            # Outside the lock: abandoning runs other libraries' clean-up code.
+            for closed, old in dropped:
+                self._drop(closed, old)
         self._last = (loop, entry.value)
         return entry.value
 
@@ -127,7 +132,6 @@ class PerLoop(Generic[T]):
             return [(loop, entry.value) for loop, entry in self._entries.items()]
 
     def _add(self, loop: asyncio.AbstractEventLoop) -> _Entry[T]:
-        self._prune()
         entry: _Entry[T] = _Entry(self._create())
 
         async def close() -> None:
@@ -147,10 +151,10 @@ class PerLoop(Generic[T]):
         self._entries[loop] = entry
         return entry
 
-    def _prune(self) -> None:
-        # Under the lock. A closed loop never runs its closer: release its value here.
-        for loop in [loop for loop in self._entries if loop.is_closed()]:
-            self._drop(loop, self._entries.pop(loop))
+    def _take_closed(self) -> list[tuple[asyncio.AbstractEventLoop, _Entry[T]]]:
+        # Under the lock. A closed loop never runs its closer: its value is released instead.
+        closed = [loop for loop in self._entries if loop.is_closed()]
+        return [(loop, self._entries.pop(loop)) for loop in closed]
 
     def _drop(self, loop: asyncio.AbstractEventLoop, entry: _Entry[T]) -> None:
         entry.abandoned = True
@@ -176,7 +180,9 @@ class PerLoop(Generic[T]):
         self._last = None
         with self._lock:
             entry = self._entries.pop(loop, None)
-            self._prune()
+            dropped = self._take_closed()
+        for closed, old in dropped:
+            self._drop(closed, old)
         if entry is not None and entry.closer is not None:
             await entry.closer.aclose()
 
