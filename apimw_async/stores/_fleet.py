@@ -215,6 +215,7 @@ class Fleet:
     async def _obtain(self, deadline: float, background: bool) -> Token:
         store, key, clock = self.store, self.key, self._clock
         waiting_since: float | None = None
+        next_warning = float("inf")
         while True:
             stored = await store.load(key)
             adopted = self._adopt(stored)
@@ -239,20 +240,17 @@ class Fleet:
                     "another process holds the refresh lease and published no token "
                     "within the deadline"
                 )
+            warn_every = min(STORE_WAIT_WARNING, ttl / 2)
             if waiting_since is None:
-                waiting_since = now
-            waited = now - waiting_since
-            warn_after = min(STORE_WAIT_WARNING, ttl / 2)
-            if waited >= warn_after:
+                waiting_since, next_warning = now, now + warn_every
+            elif now >= next_warning:
                 log.warning(
-                    "waited %.1fs for another process to publish a token (it holds the refresh "
-                    "lease; a dead holder's lease expires within %.1fs)",
-                    waited,
-                    ttl,
+                    "no token for %.1fs: waiting for another process to publish one (it holds "
+                    "the refresh lease; if it died, its lease lapses on its own)",
+                    now - waiting_since,
                 )
-                waiting_since = now  # next warning one interval later
-                waited = 0.0
-            timeout = min(deadline - now, ttl, warn_after - waited)
+                next_warning = now + warn_every
+            timeout = min(deadline - now, ttl, next_warning - now)
             await store.wait_for_update(key, stored.version if stored else 0, timeout)
 
     @contextlib.asynccontextmanager
