@@ -294,6 +294,12 @@ class TokenManager:
         """The shared token store, if any."""
         return self._store
 
+    @property
+    def store_key(self) -> str:
+        """This API key's entry in a shared store or rate limiter: a hash of the base URL and
+        the API key, never the key itself."""
+        return self._store_key
+
     async def get_token(self) -> Token:
         """A valid access token: cached, or obtained now if none is valid.
 

@@ -51,8 +51,9 @@ from .._config import LOGGER_NAME, REFRESH_TOKEN_LIFETIME
 from .._errors import ConfigurationError, StoreUnavailableError
 from .._http import on_loop_shutdown
 from . import StoredToken
+from ._redis_limiter import LimiterStats, RedisRateLimiter
 
-__all__ = ["Cipher", "RedisTokenStore"]
+__all__ = ["Cipher", "LimiterStats", "RedisRateLimiter", "RedisTokenStore"]
 
 log = logging.getLogger(f"{LOGGER_NAME}.stores.redis")
 
