@@ -343,6 +343,7 @@ class RedisRateLimiter:
         )
         self._lock = threading.Lock()
         self._down_until = float("-inf")
+        self._down = False
         self._local: dict[str, list[collections.deque[float]]] = {}
         self._local_pause: dict[str, float] = {}
         self._rng = random.Random()
@@ -377,7 +378,7 @@ class RedisRateLimiter:
         until one may be)``; the wait is a lower bound while the window is full of requests
         still in flight. During a Redis outage, this process's own pace decides."""
         slot = secrets.token_hex(8)
-        while self._redis_usable():
+        if self._redis_usable():
             try:
                 state = self._state()
                 with _unavailable("acquire"):
@@ -385,10 +386,10 @@ class RedisRateLimiter:
                         keys=list(self.keys(key)), args=[slot, *self._args_tail]
                     )
             except StoreUnavailableError as exc:
-                self._outage(exc)
-                continue
-            self._back()
-            return (slot, 0.0) if int(taken) else (None, int(wait_us) / _US)
+                self._outage(exc)  # raises with fallback="raise"
+            else:
+                self._back()
+                return (slot, 0.0) if int(taken) else (None, int(wait_us) / _US)
         wait = self._local_reserve(key)
         return ("local:" + slot, 0.0) if wait <= 0 else (None, wait)
 
@@ -489,7 +490,8 @@ class RedisRateLimiter:
             if raise_:
                 raise exc
             return
-        if self._down_until == float("-inf"):
+        if not self._down:
+            self._down = True
             self.stats.outages += 1
             log.warning(
                 "%s; pacing this process alone with the same limits, retrying Redis in %gs",
@@ -499,8 +501,8 @@ class RedisRateLimiter:
         self._down_until = time.monotonic() + STORE_RETRY_INTERVAL
 
     def _back(self) -> None:
-        if self._down_until != float("-inf"):
-            self._down_until = float("-inf")
+        if self._down:
+            self._down = False
             log.warning("redis rate limiter reachable again; pacing the fleet again")
 
     def _local_reserve(self, key: str) -> float:
@@ -570,6 +572,7 @@ class RedisRateLimiter:
         self._clients = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._down_until = float("-inf")
+        self._down = False
 
 
 def _bind(owner: Any, loop: asyncio.AbstractEventLoop, what: str) -> None:
