@@ -18,11 +18,11 @@ from redis.crc import key_slot
 from apimw_async import (
     Client,
     ConfigurationError,
+    RateLimiter,
     RateLimitError,
     RetryPolicy,
     StoreUnavailableError,
 )
-from apimw_async._retry import RateLimiter
 from apimw_async.stores import _redis_limiter
 from apimw_async.stores.redis import RedisRateLimiter, RedisTokenStore
 from apimw_async.testing import FakeAPIMW
