@@ -24,7 +24,6 @@ import logging
 import os
 import random
 import secrets
-import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -39,7 +38,7 @@ from redis.exceptions import RedisError
 
 from .._config import LOGGER_NAME, STORE_RETRY_INTERVAL
 from .._errors import ConfigurationError, StoreUnavailableError
-from .._http import on_loop_shutdown
+from .._loops import PerLoop
 
 __all__ = ["LimiterStats", "RedisRateLimiter"]
 
@@ -233,7 +232,6 @@ class _LoopClient:
         self.acquire = client.register_script(_ACQUIRE)
         self.release = client.register_script(_RELEASE)
         self.pause = client.register_script(_PAUSE)
-        self.closer: Any = None
 
     async def close(self) -> None:
         if self.owned:
@@ -338,10 +336,9 @@ class RedisRateLimiter:
         self._args_tail: list[int] = [round(self._max_flight * _US), round(longest * _US)]
         for count, window in self._limits:
             self._args_tail += [count, round(window * _US)]
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient] = (
-            weakref.WeakKeyDictionary()
+        self._clients: PerLoop[_LoopClient] = PerLoop(
+            self._create_state, close=_LoopClient.close, after_fork=self._after_fork
         )
-        self._lock = threading.Lock()
         self._down_until = float("-inf")
         self._down = False
         self._local: dict[str, list[collections.deque[float]]] = {}
@@ -349,7 +346,6 @@ class RedisRateLimiter:
         self._rng = random.Random()
         self._closed = False
         self.stats = LimiterStats()
-        _LIMITERS.add(self)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisRateLimiter:
@@ -463,12 +459,7 @@ class RedisRateLimiter:
     async def aclose(self) -> None:
         """Close the running loop's client (others close when their loop shuts down)."""
         self._closed = True
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            state = self._clients.pop(loop, None)
-            self._clients.clear()
-        if state is not None and state.closer is not None:
-            await state.closer.aclose()
+        await self._clients.aclose()
 
     async def __aenter__(self) -> RedisRateLimiter:
         return self
@@ -529,48 +520,27 @@ class RedisRateLimiter:
     def _state(self) -> _LoopClient:
         if self._closed:
             raise StoreUnavailableError("redis rate limiter: the limiter was closed")
-        loop = asyncio.get_running_loop()
-        state = self._clients.get(loop)
-        if state is not None:
-            return state
-        with self._lock:
-            state = self._clients.get(loop)
-            if state is None:
-                state = self._create_state(loop)
-        return state
+        return self._clients.get()
 
-    def _create_state(self, loop: asyncio.AbstractEventLoop) -> _LoopClient:
+    def _create_state(self) -> _LoopClient:
         if self._user_client is not None:
-            _bind(self, loop, "RedisRateLimiter")
-            state = _LoopClient(self._user_client, owned=False)
-        else:
-            try:
-                if self._factory is not None:
-                    client = self._factory()
-                else:
-                    assert self._url is not None
-                    pool = aioredis.BlockingConnectionPool.from_url(self._url, **self._redis_kwargs)
-                    client = aioredis.Redis(connection_pool=pool)
-            except (RedisError, OSError, ValueError) as exc:
-                raise StoreUnavailableError(
-                    f"redis rate limiter: cannot create a client ({type(exc).__name__})"
-                ) from exc
-            state = _LoopClient(client, owned=True)
+            _bind(self, asyncio.get_running_loop(), "RedisRateLimiter")
+            return _LoopClient(self._user_client, owned=False)
+        try:
+            if self._factory is not None:
+                client = self._factory()
+            else:
+                assert self._url is not None
+                pool = aioredis.BlockingConnectionPool.from_url(self._url, **self._redis_kwargs)
+                client = aioredis.Redis(connection_pool=pool)
+        except (RedisError, OSError, ValueError) as exc:
+            raise StoreUnavailableError(
+                f"redis rate limiter: cannot create a client ({type(exc).__name__})"
+            ) from exc
+        return _LoopClient(client, owned=True)
 
-        async def close() -> None:
-            with self._lock:
-                if self._clients.get(loop) is state:
-                    del self._clients[loop]
-            await state.close()
-
-        state.closer = on_loop_shutdown(close)
-        self._clients[loop] = state
-        return state
-
-    def _forget_after_fork(self) -> None:
-        _ORPHANED.extend(self._clients.values())
-        self._clients = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
+    def _after_fork(self) -> None:
+        # The parent's outage is not the child's: try Redis at once.
         self._down_until = float("-inf")
         self._down = False
 
@@ -593,16 +563,3 @@ def _bind(owner: Any, loop: asyncio.AbstractEventLoop, what: str) -> None:
             f"{what}: the Redis client you passed is bound to the event loop that first used "
             "it; pass client_factory= to use it from several event loops"
         )
-
-
-_LIMITERS: weakref.WeakSet[RedisRateLimiter] = weakref.WeakSet()
-_ORPHANED: list[_LoopClient] = []
-
-
-def _after_fork_in_child() -> None:
-    for limiter in list(_LIMITERS):
-        limiter._forget_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
