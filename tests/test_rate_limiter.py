@@ -226,6 +226,36 @@ async def test_acquire_waits_out_a_pause_then_goes(limiters: Any) -> None:
     assert limiter.stats.acquired == 1
 
 
+async def test_callers_of_one_process_queue_in_arrival_order(limiters: Any) -> None:
+    limiter = limiters(limits=[(3, 0.3)])
+    calls = 0
+    ask = limiter.try_acquire
+
+    async def counted(key: str) -> tuple[str | None, float]:
+        nonlocal calls
+        calls += 1
+        return await ask(key)
+
+    limiter.try_acquire = counted
+    order: list[int] = []
+
+    async def caller(index: int) -> None:
+        slot = await limiter.acquire(KEY)
+        order.append(index)
+        await limiter.release(KEY, slot)
+
+    tasks = []
+    for index in range(9):
+        tasks.append(asyncio.ensure_future(caller(index)))
+        await asyncio.sleep(0)  # each reaches the queue before the next starts
+    await asyncio.gather(*tasks)
+    assert order == list(range(9))
+    # Only the head of the queue asks Redis: one call per slot plus one per full window
+    # (a handful), where every waiting task asking at every turn would make 20 or more.
+    assert calls < 9 + 6
+    assert limiter.stats.acquired == 9
+
+
 # --- clients, loops, processes ------------------------------------------------------------
 
 

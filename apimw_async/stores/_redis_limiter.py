@@ -336,6 +336,7 @@ class RedisRateLimiter:
         self._args_tail: list[int] = [round(self._max_flight * _US), round(longest * _US)]
         for count, window in self._limits:
             self._args_tail += [count, round(window * _US)]
+        self._queues: PerLoop[dict[str, asyncio.Lock]] = PerLoop(dict)
         self._clients: PerLoop[_LoopClient] = PerLoop(
             self._create_state, close=_LoopClient.close, after_fork=self._after_fork
         )
@@ -395,15 +396,23 @@ class RedisRateLimiter:
         loop = asyncio.get_running_loop()
         started = loop.time()
         waited = False
-        while True:
-            slot, wait = await self.try_acquire(key)
-            if slot is not None:
-                break
-            if not waited:
-                waited = True
-                self.stats.waits += 1
-            # A little jitter, so that processes told the same instant do not all race back.
-            await asyncio.sleep(wait + self._rng.uniform(0.0, min(0.01, wait * 0.05)))
+        queues = self._queues.get()
+        queue = queues.get(key)
+        if queue is None:
+            queue = queues[key] = asyncio.Lock()
+        # One caller per process and key asks Redis at a time, the others queue behind it in
+        # arrival order: a full window costs each process one call per freed slot, not one
+        # per waiting task.
+        async with queue:
+            while True:
+                slot, wait = await self.try_acquire(key)
+                if slot is not None:
+                    break
+                if not waited:
+                    waited = True
+                    self.stats.waits += 1
+                # A little jitter, so that processes told the same instant do not all race.
+                await asyncio.sleep(wait + self._rng.uniform(0.0, min(0.01, wait * 0.05)))
         self.stats.acquired += 1
         if waited:
             self.stats.waited += loop.time() - started
