@@ -16,7 +16,13 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-__all__ = ["RedisClusterServer", "RedisServer", "cluster_ports", "redis_binary"]
+__all__ = [
+    "RedisClusterServer",
+    "RedisSentinel",
+    "RedisServer",
+    "cluster_ports",
+    "redis_binary",
+]
 
 
 def redis_binary() -> str | None:
@@ -227,6 +233,59 @@ class RedisClusterServer:
         self.dir.cleanup()
 
     def __enter__(self) -> RedisClusterServer:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()
+
+
+class RedisSentinel:
+    """A private master and one Sentinel watching it as ``mymaster`` (quorum 1)."""
+
+    MASTER = "mymaster"
+
+    def __init__(self) -> None:
+        self.master = RedisServer()
+        self.port = _free_port()
+        self.dir = tempfile.TemporaryDirectory(prefix="apimw-redis-sentinel-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.master.start()
+        config = f"{self.dir.name}/sentinel.conf"
+        with open(config, "w", encoding="utf-8") as file:
+            file.write(
+                f"port {self.port}\nbind 127.0.0.1\ndir {self.dir.name}\n"
+                f"sentinel monitor {self.MASTER} 127.0.0.1 {self.master.port} 1\n"
+            )
+        assert self.master.binary is not None
+        self.process = subprocess.Popen(  # noqa: S603 - a fixed argument list
+            [self.master.binary, config, "--sentinel", "--loglevel", "warning"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while not _ping(self.port):
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError("redis sentinel did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            process.wait(timeout=10)
+        self.master.stop()
+        self.dir.cleanup()
+
+    def __enter__(self) -> RedisSentinel:
         try:
             self.start()
         except BaseException:

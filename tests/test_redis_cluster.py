@@ -22,6 +22,7 @@ from apimw_async.stores.redis import RedisRateLimiter, RedisTokenStore
 from apimw_async.testing import FakeAPIMW
 
 from .conftest_redis import RedisTarget
+from .redis_server import RedisSentinel, redis_binary
 
 KEY = "fedcba9876543210fedcba9876543210"
 
@@ -115,6 +116,37 @@ async def test_a_fleet_shares_one_token_and_one_window_through_the_target(
             await manager.aclose()
         for closable in (*stores, *limiters):
             await closable.aclose()
+
+
+async def test_sentinel_made_clients(fake: FakeAPIMW) -> None:
+    if redis_binary() is None:
+        pytest.skip("redis-server is not on PATH (needed for a private Sentinel)")
+    from redis.asyncio.sentinel import Sentinel
+
+    with RedisSentinel() as deployment:
+        sentinel = Sentinel([("127.0.0.1", deployment.port)], socket_timeout=2)
+
+        def master() -> Any:
+            return sentinel.master_for(RedisSentinel.MASTER, socket_timeout=2)
+
+        store = RedisTokenStore(client_factory=master)
+        mine = master()
+        limiter = RedisRateLimiter(client=mine, limits=[(2, 60)])
+        try:
+            async with TokenManager(
+                fake.credentials, base_url=fake.base_url, store=store
+            ) as manager:
+                await manager.get_token()
+                assert await store.load(manager.store_key) is not None
+                taken = [await limiter.try_acquire(manager.store_key) for _ in range(3)]
+                assert [slot is not None for slot, _ in taken] == [True, True, False]
+            assert limiter.stats.outages == 0
+        finally:
+            await store.aclose()
+            await limiter.aclose()
+            await mine.aclose()
+            for client in sentinel.sentinels:
+                await client.aclose()
 
 
 def _child_uses(store: RedisTokenStore, limiter: RedisRateLimiter, conn: Any) -> None:
