@@ -263,6 +263,10 @@ class RedisRateLimiter:
     or an exhausted ``X-RateLimit-Remaining`` seen by any process pauses all of them (a
     shared cool-down in Redis) until the server's reset, at most ``max_pause`` seconds.
 
+    ``max_flight`` (60 s) is how long a slot not released counts as in flight (its process
+    died): keep it above the longest a request may take (the client's ``timeout``, 30 s by
+    default), or a request slower than that may let one more through in its window.
+
     When Redis cannot be reached the limiter paces this process alone with the same limits
     (a WARNING says so; the fleet as a whole may then exceed them and the server's 429s are
     retried as usual) and tries Redis again after a few seconds. ``fallback="raise"`` raises
