@@ -64,8 +64,8 @@ class Client:
     every process sharing it: a slot is taken right before each send, token in hand, and a
     429 or an exhausted ``X-RateLimit-Remaining`` pauses them all. ``validate=False`` turns
     off the checks of documented rules (E.164 numbers, message length, HTTPS webhook URLs...)
-    made before sending. ``clock`` and
-    ``rng`` are injectable for tests (the backoff sleeps and the throttle run on ``clock``).
+    made before sending. ``clock`` and ``rng`` are injectable for tests (the backoff sleeps
+    and the throttle run on ``clock``).
     Extra keyword arguments go to the :class:`TokenManager` the client makes (``deadline``,
     ``refresh_policy``, ``on_token``...).
     """
