@@ -117,8 +117,11 @@ async def test_a_fleet_never_exceeds_the_window_and_one_429_pauses_it_all(
 
     sent_at = [message.sent_at for message in fake.messages.values()]
     assert len(sent_at) == sum(r["sent"] for r in results)
-    # The server never saw more than COUNT sends in any WINDOW.
-    assert max_in_any_window(sent_at, WINDOW) == COUNT
+    # The server never saw more than COUNT sends in any WINDOW (and the fleet did push
+    # against the limit).
+    busiest = max_in_any_window(sent_at, WINDOW)
+    assert busiest <= COUNT
+    assert busiest >= COUNT // 2
 
     # Exactly one process met the 429 and set the fleet's cool-down in Redis.
     pauses = [r["last_pause"] for r in results if r["pauses"]]

