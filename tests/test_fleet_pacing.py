@@ -12,6 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -135,3 +139,23 @@ async def test_a_fleet_never_exceeds_the_window_and_one_429_pauses_it_all(
     during = [at for at in sent_at if set_at <= at < until]
     assert len(during) <= in_flight - 1
     assert any(at >= until for at in sent_at)
+
+
+def test_the_paced_fleet_example(redis_url: str) -> None:
+    root = Path(__file__).resolve().parent.parent
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("APIMW_")}
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), environ.get("PYTHONPATH")]))
+    proc = subprocess.run(  # noqa: S603 - our own interpreter and example
+        [sys.executable, "examples/paced_fleet.py", "--quick", "--redis-url", redis_url],
+        cwd=root,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    busiest = re.search(r"busiest 1-s window +(\d+) of 10 allowed", proc.stdout)
+    assert busiest is not None, proc.stdout
+    assert int(busiest.group(1)) <= 10
+    assert "errors seen by the workers     0" in proc.stdout
