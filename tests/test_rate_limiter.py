@@ -215,6 +215,10 @@ async def test_a_pause_holds_every_process_back_and_is_never_shortened(limiters:
     assert first.stats.last_pause[1] - first.stats.last_pause[0] == pytest.approx(120)
     await second.pause("fedcba9876543210", None)  # no advice: the shortest window
     assert second.stats.last_pause[1] - second.stats.last_pause[0] == pytest.approx(2)
+    daily = limiters(per_day=1000, per_hour=100)
+    await daily.pause("fedcba9876543210", None)  # ... but never more than a minute
+    assert daily.stats.last_pause is not None
+    assert daily.stats.last_pause[1] - daily.stats.last_pause[0] == pytest.approx(60)
 
 
 async def test_acquire_waits_out_a_pause_then_goes(limiters: Any) -> None:

@@ -50,6 +50,8 @@ DEFAULT_MAX_FLIGHT: Final = 60.0
 #: Longest shared cool-down a server answer may impose (a garbled reset must not stop the
 #: fleet for a day).
 DEFAULT_MAX_PAUSE: Final = 3600.0
+#: Cool-down after a 429 without any advice (capped by the shortest window).
+DEFAULT_PAUSE: Final = 60.0
 DEFAULT_SOCKET_TIMEOUT: Final = 1.0
 DEFAULT_MAX_CONNECTIONS: Final = 16
 #: Named windows of :meth:`RedisRateLimiter.from_url`.
@@ -436,10 +438,10 @@ class RedisRateLimiter:
             self._outage(exc, raise_=False)
 
     async def pause(self, key: str, seconds: float | None) -> None:
-        """Hold back every process's requests of ``key`` for ``seconds`` (the shortest window
-        when ``None``), at most ``max_pause``."""
+        """Hold back every process's requests of ``key`` for ``seconds`` (without advice: the
+        shortest window, at most a minute), at most ``max_pause``."""
         if seconds is None or not seconds >= 0:
-            seconds = self._limits[0][1]
+            seconds = min(self._limits[0][1], DEFAULT_PAUSE)
         seconds = min(float(seconds), self._max_pause)
         if seconds <= 0:
             return
