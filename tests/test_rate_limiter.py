@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import os
 import threading
+import warnings
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -312,6 +315,42 @@ async def test_a_client_factory_serves_every_event_loop(redis_target: RedisTarge
     assert slot is None
     assert wait == 60.0
     await limiter.aclose()
+
+
+def _child_takes_a_slot(limiter: RedisRateLimiter, conn: Any) -> None:
+    async def take() -> str:
+        slot, _ = await limiter.try_acquire(KEY)
+        return "none" if slot is None else slot
+
+    conn.send(asyncio.run(take()))
+    conn.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_gets_its_own_connections(redis_url: str, redis_prefix: str) -> None:
+    limiter = RedisRateLimiter.from_url(redis_url, limits=[(3, 60)], prefix=redis_prefix)
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(limiter.try_acquire(KEY))[0] is not None
+        ctx = multiprocessing.get_context("fork")
+        parent_end, child_end = ctx.Pipe(duplex=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+            child = ctx.Process(target=_child_takes_a_slot, args=(limiter, child_end))
+            child.start()
+        assert parent_end.poll(30)
+        slot = parent_end.recv()
+        child.join(30)
+        assert child.exitcode == 0
+        assert slot != "none"
+        assert not slot.startswith("local:")  # through Redis, on the child's own connection
+        # The parent's connection still works, and the child's slot counted in the window.
+        assert loop.run_until_complete(limiter.try_acquire(KEY))[0] is not None
+        assert loop.run_until_complete(limiter.try_acquire(KEY)) == (None, 60.0)
+        loop.run_until_complete(limiter.aclose())
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 # --- Redis unavailable --------------------------------------------------------------------
