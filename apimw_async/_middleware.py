@@ -16,7 +16,7 @@ from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 from yarl import URL
 
 from ._config import LOGGER_NAME
-from ._http import loads
+from ._envelope import loads
 from ._token_manager import TokenManager
 
 __all__ = ["BearerAuthMiddleware"]
