@@ -177,7 +177,7 @@ def test_directives_are_attached_to_blocks() -> None:
     # A directive not followed by a python fence would silently configure nothing.
     lines = README_TEXT.splitlines()
     for number, line in enumerate(lines):
-        if "readme-test" in line:
+        if line.lstrip().startswith("<!--") and "readme-test" in line:
             following = lines[number + 1] if number + 1 < len(lines) else ""
             assert FENCE.match(following), f"README.md:{number + 1}: directive without a block"
 
@@ -378,3 +378,13 @@ async def test_readme_block(
         exec(compile(source_of(block), str(README), "exec"), namespace)  # noqa: S102
         async with serve_asgi(namespace["app"]) as base:
             await check_http(base, block)
+
+
+def test_a_broken_block_fails_its_test() -> None:
+    # What a README edit that breaks an example does: the block's test raises.
+    broken = extract_blocks("# Broken\n```python\nfrom apimw_async import Clinet\n```\n")
+    with pytest.raises(ImportError, match="Clinet"):
+        run_script(broken[0])
+    awaiting = extract_blocks("```python\nimport asyncio\nawait asyncio.sleep(0)\nx = 1 / 0\n```\n")
+    with pytest.raises(ZeroDivisionError):
+        run_script(awaiting[0])
