@@ -210,12 +210,15 @@ class FakeClock:
             advancer = self._advancers[loop] = _Advancer(self, loop)
         advancer.start()
 
-    def _on_idle(self, idle: float) -> bool:
-        """Called by the loop's advancer after ``idle`` real seconds of idleness.
+    def _on_idle(self, idle: float, hold: bool) -> bool:
+        """Called by the loop's advancer after ``idle`` real seconds with no task moving.
 
-        Returns whether something was woken (time moved or a wait failed).
+        ``hold``: a callback is ready or a real timer fires within the grace, so the clock must
+        not jump yet. Returns whether something was woken (time moved or a wait failed).
         """
         if self.auto_advance and self.sleepers:
+            if hold:
+                return False
             self.auto_jumps += 1
             self.advance_to_next_deadline()
             return True
@@ -267,13 +270,13 @@ def _describe_sleep(seconds: float) -> str:
 class _Advancer:
     """Watches one event loop for idleness on behalf of a :class:`FakeClock`.
 
-    Idle means: the loop's ready queue holds nothing but this check, no real timer is due
-    within the clock's ``idle_grace``, and no task of the loop has moved (each task awaits
-    the same future as at the previous check) for ``idle_grace`` seconds of real time. A
-    reply arriving on a socket wakes the task reading it, so a request in flight keeps the
-    loop busy as long as the answer comes within the grace. Runs as a chain of timer
-    callbacks (not a task, so it never counts as one), only while the clock has sleepers or
-    waiters.
+    Idle means: no task of the loop has moved (each awaits the same future as at the previous
+    check; tasks in ``asyncio.sleep`` aside) for ``idle_grace`` seconds of real time; the
+    clock then jumps unless a callback is ready to run or a real timer fires within the
+    grace. A reply arriving on a socket wakes the task reading it, so a request in flight
+    keeps the loop busy as long as the answer comes within the grace. Runs as a chain of
+    timer callbacks (not a task, so it never counts as one), only while the clock has
+    sleepers or waiters.
     """
 
     def __init__(self, clock: FakeClock, loop: asyncio.AbstractEventLoop) -> None:
@@ -299,11 +302,11 @@ class _Advancer:
             return
         now = time.monotonic()
         snapshot = self._take_snapshot()
-        if self._busy() or snapshot != self._snapshot:
+        if snapshot != self._snapshot:
             self._snapshot = snapshot
             self._quiet_since = now
         elif now - self._quiet_since >= clock.idle_grace and clock._on_idle(
-            now - self._quiet_since
+            now - self._quiet_since, self._about_to_run()
         ):
             self._snapshot = ()
             self._quiet_since = now
@@ -311,13 +314,35 @@ class _Advancer:
 
     def _take_snapshot(self) -> tuple[object, ...]:
         clock = self._clock
+        loop: Any = self._loop
+        # A task sleeping on a real timer (asyncio.sleep: a future the timer will resolve), or
+        # just woken from one, is not progress: a periodic ticker (uvicorn's main loop) would
+        # otherwise keep the loop "busy" for ever. Such timers still hold the clock while due
+        # within the grace; a task woken by anything else shows up at the next check, awaiting
+        # something new.
+        timed = {
+            id(arg)
+            # (a timer that is due has moved to the ready queue)
+            for timers in (getattr(loop, "_scheduled", ()), getattr(loop, "_ready", ()))
+            for timer in timers
+            if isinstance(timer, asyncio.TimerHandle)
+            for arg in getattr(timer, "_args", None) or ()
+            if isinstance(arg, asyncio.Future)
+        }
         # Holding the futures (not their ids) keeps an address from being reused unnoticed.
         waits = frozenset(
-            (task, getattr(task, "_fut_waiter", None)) for task in asyncio.all_tasks(self._loop)
+            (task, waiter)
+            for task in asyncio.all_tasks(loop)
+            if not _woken_or_timed(waiter := getattr(task, "_fut_waiter", None), timed)
         )
         return (clock._mono, len(clock._sleepers), len(clock._watchers), waits)
 
-    def _busy(self) -> bool:
+    def _about_to_run(self) -> bool:
+        """Whether a callback is ready, or a real timer fires within the grace.
+
+        Either wake-up comes before a jump of the clock, though neither is progress by itself
+        (a ticker's wake-ups are not).
+        """
         loop: Any = self._loop
         if getattr(loop, "_ready", None):
             return True
@@ -326,3 +351,7 @@ class _Advancer:
             if not timer.cancelled() and timer.when() <= horizon:
                 return True
         return False
+
+
+def _woken_or_timed(waiter: object, timed: set[int]) -> bool:
+    return id(waiter) in timed or (isinstance(waiter, asyncio.Future) and waiter.done())

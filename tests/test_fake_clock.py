@@ -158,3 +158,62 @@ async def test_the_plugin_clock_auto_advances(apimw_clock: FakeClock) -> None:
 async def test_the_plugin_clock_marker(apimw_clock: FakeClock) -> None:
     assert not apimw_clock.auto_advance
     assert apimw_clock.stall_timeout is None
+
+
+async def test_a_periodic_real_ticker_does_not_hold_the_clock_for_ever() -> None:
+    # uvicorn's main loop wakes every 0.1 s of real time; a served app must not keep the
+    # clock still (and the test hanging) just because something ticks.
+    clock = FakeClock(auto_advance=True, idle_grace=0.05)
+
+    async def ticker() -> None:
+        while True:  # noqa: ASYNC110 - a real-time ticker is the point
+            await asyncio.sleep(0.1)
+
+    task = asyncio.ensure_future(ticker())
+    try:
+        await clock.sleep(30)
+        assert clock.auto_jumps == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_fast_ticker_does_not_hide_a_stalled_manual_clock() -> None:
+    clock = FakeClock(stall_timeout=0.3)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.005)
+            ticks += 1
+
+    task = asyncio.ensure_future(ticker())
+    try:
+        with pytest.raises(ClockStalledError, match=r"FakeClock.sleep\(7\)"):
+            await clock.sleep(7)
+        assert ticks > 0  # it ticked all along
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_auto_advance_next_to_a_uvicorn_server_in_the_loop() -> None:
+    uvicorn = pytest.importorskip("uvicorn")
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        assert scope["type"] == "lifespan"
+
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_config=None)
+    )
+    serving = asyncio.ensure_future(server.serve())
+    try:
+        while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for it
+            await asyncio.sleep(0.01)
+        clock = FakeClock(auto_advance=True)
+        await clock.sleep(3600)  # uvicorn's main loop ticks every 0.1 s meanwhile
+        assert clock.auto_jumps == 1
+    finally:
+        server.should_exit = True
+        await serving
