@@ -57,9 +57,9 @@ async def test_close_interrupts_sleeping_requests(http: aiohttp.ClientSession) -
     await server.start()
     task = asyncio.create_task(http.get(server.base_url + "/auth/me"))
     await server.wait_until(lambda s: s.me_calls == 1)
-    started = time.monotonic()
-    await server.close()
-    assert time.monotonic() - started < 1.5
+    # close() must not wait out the 30-s latency: a generous bound, far below it, catches that
+    # without a timing threshold that a loaded machine could break.
+    await asyncio.wait_for(server.close(), timeout=15)
     with pytest.raises(aiohttp.ClientError):
         await task
 
