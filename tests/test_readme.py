@@ -31,7 +31,9 @@ The convention, for whoever edits the README:
   a name defined elsewhere (``credentials``; ``my_service``, "your code" in the plugin
   example). Keep preludes few and obvious.
   ``requires=redis``: ``REDIS_URL`` (the suite's redis-server) and ``TOKEN_KEY`` (a fresh
-  Fernet key) are set; ``requires=fastapi``: FastAPI and uvicorn must be importable.
+  Fernet key) are set; ``requires=redis-cluster``: ``REDIS_CLUSTER_URL`` (the suite's Redis
+  Cluster, fixture ``redis_cluster_url``) is set; ``requires=fastapi``: FastAPI and uvicorn
+  must be importable.
   ``http=METHOD:PATH[,METHOD:PATH]``: requests the served app must answer with a 2xx.
   ``deliver=PATH``: a signed ``message.delivered`` webhook (``$APIMW_WEBHOOK_SECRET``) POSTed
   there must get 200.
@@ -75,7 +77,7 @@ PRELUDES: dict[str, str] = {
     "my_service": "async def my_service(client):\n    await client.auth.me()\n",
 }
 KINDS = {"script", "pytest", "conftest", "server", "asgi"}
-REQUIREMENTS = {"redis", "fastapi"}
+REQUIREMENTS = {"redis", "redis-cluster", "fastapi"}
 DIRECTIVE = re.compile(r"^\s*<!--\s*readme-test:(?P<items>.*?)-->\s*$")
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`\s]*)")
 PYTHON = {"python", "py", "python3"}
@@ -350,6 +352,8 @@ async def test_readme_block(
 
         monkeypatch.setenv("REDIS_URL", request.getfixturevalue("redis_url"))
         monkeypatch.setenv("TOKEN_KEY", Fernet.generate_key().decode())
+    if "redis-cluster" in block.requires:
+        monkeypatch.setenv("REDIS_CLUSTER_URL", request.getfixturevalue("redis_cluster_url"))
     if "fastapi" in block.requires or block.kind == "asgi":
         pytest.importorskip("fastapi", minversion="0.112.2")
         pytest.importorskip("uvicorn")
