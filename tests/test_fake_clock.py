@@ -217,3 +217,56 @@ async def test_auto_advance_next_to_a_uvicorn_server_in_the_loop() -> None:
     finally:
         server.should_exit = True
         await serving
+
+
+# Answers that take a while, with this loop idle meanwhile: what the grace is for. Each
+# answer wakes the task reading it, so however long the whole exchange lasts, the clock holds
+# as long as every single answer comes within the grace (generous here: a loaded machine may
+# schedule the other side late). An advancer blind to that progress would jump mid-way.
+SLOW_ANSWER = 0.03
+GRACE = 0.3
+EXCHANGES = 20  # 20 x 30 ms: twice the grace
+
+
+async def test_the_clock_stays_still_while_a_server_in_another_thread_answers() -> None:
+    from .server_thread import ServerThread
+
+    clock = FakeClock(auto_advance=True, idle_grace=GRACE)
+    with ServerThread(api_latency=SLOW_ANSWER) as fake:
+        async with Client(fake.credentials, base_url=fake.base_url) as client:
+            sleeper = asyncio.ensure_future(clock.sleep(10))
+            await clock.wait_for_sleepers(1)
+            for _ in range(EXCHANGES):
+                await client.auth.me()
+            assert clock.auto_jumps == 0
+            assert not sleeper.done()
+            await sleeper
+            assert clock.auto_jumps == 1
+
+
+SPIN = """
+local start = redis.call('TIME')
+local ms = tonumber(ARGV[1])
+repeat
+    local now = redis.call('TIME')
+until (now[1] - start[1]) * 1000 + (now[2] - start[2]) / 1000 >= ms
+return 1
+"""
+
+
+async def test_the_clock_stays_still_while_redis_answers(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    clock = FakeClock(auto_advance=True, idle_grace=GRACE)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        sleeper = asyncio.ensure_future(clock.sleep(10))
+        await clock.wait_for_sleepers(1)
+        for _ in range(EXCHANGES):  # redis-server busy SLOW_ANSWER s per script
+            assert await client.eval(SPIN, 0, str(SLOW_ANSWER * 1000)) == 1
+        assert clock.auto_jumps == 0
+        assert not sleeper.done()
+        await sleeper
+        assert clock.auto_jumps == 1
+    finally:
+        await client.aclose()
