@@ -506,16 +506,10 @@ async def test_aiohttp_app_starts_and_stops_the_queue(redis_url: str, redis_pref
 # --- Redis Cluster -------------------------------------------------------------------------------
 
 
-async def test_queue_and_dedup_on_a_redis_cluster(request: pytest.FixtureRequest) -> None:
-    # The 3-node cluster fixture comes with the rate-limiter work (tests/conftest_redis.py);
-    # until it is there, this test has nothing to run against.
-    try:
-        cluster_url = request.getfixturevalue("redis_cluster_url")
-    except pytest.FixtureLookupError:
-        pytest.skip("no redis_cluster_url fixture in this tree")
+async def test_queue_and_dedup_on_a_redis_cluster(redis_cluster_url: str) -> None:
     from redis.asyncio.cluster import RedisCluster
 
-    client = RedisCluster.from_url(cluster_url, socket_timeout=5)
+    client = RedisCluster.from_url(redis_cluster_url, socket_timeout=5)
     prefix = f"apimw-test-{uuid.uuid4().hex[:12]}"
     try:
         # Several names: their keys hash to different slots (nodes); each script stays in one.
