@@ -11,6 +11,7 @@ Every error the SDK raises on purpose derives from :class:`APIMWError`::
     ├── StoreUnavailableError       a shared token store (Redis) cannot be reached
     ├── APIConnectionError          the request did not complete (DNS, refused, reset ...)
     │   └── APITimeoutError         ... because it took too long
+    │       └── PoolTimeoutError    ... waiting for a connection slot (never sent)
     └── APIStatusError              the server answered with an error (status, code, message)
         ├── BadRequestError         400 / 422
         │   └── InvalidPhoneNumberError   INVALID_PHONE_NUMBER
@@ -54,6 +55,7 @@ __all__ = [
     "MalformedResponseError",
     "NotFoundError",
     "PermissionDeniedError",
+    "PoolTimeoutError",
     "RateLimitError",
     "RevokedTokenError",
     "ServerError",
@@ -122,6 +124,17 @@ class APIConnectionError(APIMWError):
 
 class APITimeoutError(APIConnectionError):
     """The request took longer than its timeout (it may have reached the server)."""
+
+
+class PoolTimeoutError(APITimeoutError):
+    """The request waited longer than ``admission_timeout`` for a free connection slot.
+
+    It was never sent (``sent`` is ``False``) and is not retried: the timeout bounds the whole
+    wait. httpx calls this a pool timeout.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, sent=False)
 
 
 class APIStatusError(APIMWError):

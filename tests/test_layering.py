@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "webhooks._events",
         ],
     ),
-    ("transport", ["_http", "_retry"]),
+    ("transport", ["_http", "_retry", "_admission"]),
     ("endpoints", ["_auth_api"]),
     ("tokens", ["stores", "_token_manager"]),
     ("client", ["_client", "resources", "_middleware", "webhooks._receiver"]),

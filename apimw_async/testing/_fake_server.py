@@ -493,6 +493,10 @@ class FakeAPIMW(_WhatsAppMixin, _WebhooksMixin):
         self._rl_window = -1
         self._rl_used = 0
         self._waiters: list[asyncio.Future[None]] = []
+        self._holds: dict[str, asyncio.Event] = {}
+        self.held: list[tuple[str, str]] = []
+        """``(endpoint, query string)`` of every request that arrived while its endpoint was
+        held, in arrival order (see :meth:`hold`)."""
         self._runner: web.AppRunner | None = None
         self._closing: asyncio.Future[None] | None = None
         self._port: int | None = None
@@ -581,6 +585,7 @@ class FakeAPIMW(_WhatsAppMixin, _WebhooksMixin):
         runner, self._runner = self._runner, None
         if runner is None:
             return
+        self.release()
         if self._closing is not None and not self._closing.done():
             self._closing.set_result(None)
         try:
@@ -667,6 +672,27 @@ class FakeAPIMW(_WhatsAppMixin, _WebhooksMixin):
         """
         await self._wait_for(lambda: predicate(self.stats), timeout)
 
+    def hold(self, endpoint: str) -> None:
+        """Keep requests to ``endpoint`` (a route name such as ``"me"`` or ``"token"``) waiting
+        until :meth:`release`; each one is recorded in :attr:`held` as it arrives.
+
+        Tests of ordering use it: what the server saw, in order, without timing anything.
+        """
+        self.faults._check_endpoint(endpoint)
+        if endpoint not in self._holds:
+            self._holds[endpoint] = asyncio.Event()
+
+    def release(self, endpoint: str | None = None) -> None:
+        """Let the held requests of ``endpoint`` (all endpoints if ``None``) go on."""
+        for name in [endpoint] if endpoint is not None else list(self._holds):
+            hold = self._holds.pop(name, None)
+            if hold is not None:
+                hold.set()
+
+    async def wait_held(self, count: int, timeout: float = 10.0) -> None:
+        """Return once at least ``count`` requests were recorded in :attr:`held`."""
+        await self._wait_for(lambda: len(self.held) >= count, timeout)
+
     async def wait_for_deliveries(self, timeout: float = 10.0) -> None:
         """Return once no webhook handshake or delivery is in flight or due on the clock.
 
@@ -727,7 +753,12 @@ class FakeAPIMW(_WhatsAppMixin, _WebhooksMixin):
                     stats.token_calls_with_bearer += 1
             else:
                 stats.api_calls += 1
+            hold = self._holds.get(name) if self._holds else None
+            if hold is not None:
+                self.held.append((name, request.query_string))
             self._changed()
+            if hold is not None:
+                await hold.wait()
 
             latency = self.token_latency if token_endpoint else self.api_latency
             if latency > 0 and not await self._sleep(latency):
