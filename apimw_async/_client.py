@@ -30,7 +30,7 @@ from ._http import (
     normalize_base_url,
     send,
 )
-from ._models import Credentials
+from ._models import Credentials, Token
 from ._retry import RetryPolicy, Throttle, advised_wait, is_idempotent
 from ._token_manager import TokenManager
 from ._version import __version__
@@ -146,6 +146,8 @@ class Client:
         self._rate_limit: RateLimitInfo | None = None
         # The latest rate-limit headers, parsed only when rate_limit is read.
         self._rate_limit_headers: tuple[CIMultiDictProxy[str], float] | None = None
+        self._on_headers = self._observe_headers
+        self._bearer_cache: tuple[Token, dict[str, str], tuple[str]] | None = None
         self.auth = AuthResource(self)
         self.whatsapp = WhatsAppResource(self)
         self.webhooks = WebhooksResource(self)
@@ -236,61 +238,96 @@ class Client:
         """
         session = self._sessions.get()
         url = self._url(path, encoded)
-        repeatable = is_idempotent(method) if idempotent is None else idempotent
+        try:
+            return await self._send_authenticated(session, method, url, json, params)
+        except APIMWError as exc:
+            failure = exc
+        # Only a failed request gets here: the retry loop, decided by the one RetryPolicy.
         policy, clock = self._retry, self._clock
+        repeatable = is_idempotent(method) if idempotent is None else idempotent
         attempt = 0
         waited = 0.0
+        while True:
+            now = clock.time()
+            delay = policy.next_delay(
+                failure,
+                attempt=attempt,
+                waited=waited,
+                idempotent=repeatable,
+                now=now,
+                rng=self._rng,
+            )
+            if delay is None:
+                if isinstance(failure, RateLimitError) and failure.retry_after is None:
+                    failure.retry_after = advised_wait(failure, now=now)
+                raise failure
+            attempt += 1
+            waited += delay
+            log.info(
+                "%s %s failed (%s: %s); retry %d of %d in %.2fs",
+                method,
+                url.path,
+                type(failure).__name__,
+                failure,
+                attempt,
+                policy.max_attempts - 1,
+                delay,
+            )
+            await clock.sleep(delay)
+            try:
+                return await self._send_authenticated(session, method, url, json, params)
+            except APIMWError as exc:
+                failure = exc
+
+    async def _send_authenticated(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: URL,
+        json: Any,
+        params: Mapping[str, str] | None,
+    ) -> ApiResponse:
+        """One attempt: the bearer request, and one replay if the server refused the token.
+
+        A refused token (see :func:`~apimw_async._errors.is_token_refusal`) means the server
+        did not act, so the replay is safe for any method; it is dropped (if still current)
+        and the request sent once more with a fresh one. Anything else is the caller's to
+        retry or raise.
+        """
         replayed = False
         while True:
             if self._throttle is not None:
                 await self._throttle.acquire()
             token = await self._tokens.get_token()
+            headers, redact = self._bearer(token)
             try:
                 return await send(
                     session,
                     method,
                     url,
-                    headers={**self._headers, "Authorization": token.authorization},
+                    headers=headers,
                     json_body=json,
                     params=params,
                     bearer=True,
-                    redact=(token.access_token,),
-                    on_headers=self._observe_headers,
+                    redact=redact,
+                    on_headers=self._on_headers,
                 )
             except AccessTokenError:
                 if replayed:
                     raise
-                # The server refused this token (so it did not act): drop it, if it is still
-                # the current one, and replay once with a fresh one.
                 replayed = True
                 await self._tokens.invalidate(token)
-            except APIMWError as exc:
-                now = clock.time()
-                delay = policy.next_delay(
-                    exc,
-                    attempt=attempt,
-                    waited=waited,
-                    idempotent=repeatable,
-                    now=now,
-                    rng=self._rng,
-                )
-                if delay is None:
-                    if isinstance(exc, RateLimitError) and exc.retry_after is None:
-                        exc.retry_after = advised_wait(exc, now=now)
-                    raise
-                attempt += 1
-                waited += delay
-                log.info(
-                    "%s %s failed (%s: %s); retry %d of %d in %.2fs",
-                    method,
-                    url.path,
-                    type(exc).__name__,
-                    exc,
-                    attempt,
-                    policy.max_attempts - 1,
-                    delay,
-                )
-                await clock.sleep(delay)
+
+    def _bearer(self, token: Token) -> tuple[dict[str, str], tuple[str]]:
+        # The request headers (and the secret to scrub from errors) are the same for every
+        # request with one token: build them once per token.
+        cached = self._bearer_cache
+        if cached is not None and cached[0] is token:
+            return cached[1], cached[2]
+        headers = {**self._headers, "Authorization": token.authorization}
+        redact = (token.access_token,)
+        self._bearer_cache = (token, headers, redact)
+        return headers, redact
 
     def _url(self, path: str, encoded: bool) -> URL:
         # Parsing a URL costs more than the rest of the request's bookkeeping: keep the

@@ -63,6 +63,7 @@ __all__ = [
     "TokenUnavailableError",
     "ValidationError",
     "error_from_status",
+    "is_token_refusal",
 ]
 
 
@@ -287,7 +288,7 @@ def error_from_status(
     """
     cls = _BY_CODE.get(code or "")
     if cls is None:
-        if status == 401 and bearer:
+        if bearer and is_token_refusal(status, code):
             cls = AccessTokenError
         elif status >= 500:
             cls = ServerError
@@ -296,3 +297,17 @@ def error_from_status(
     if issubclass(cls, RateLimitError):
         return cls(message, status=status, code=code, headers=headers, retry_after=retry_after)
     return cls(message, status=status, code=code, headers=headers)
+
+
+def is_token_refusal(status: int, code: str | None) -> bool:
+    """Whether an answer to a bearer-authenticated call means "this access token was refused".
+
+    A 401 with ``EXPIRED_TOKEN``, ``INVALID_TOKEN`` or ``REVOKED_TOKEN``, and a 401 with no
+    code or a code that means nothing else (a gateway's bare 401): the server did not act, and
+    a fresh token may succeed. The one rule for the client's replay and the middleware's
+    (both see it as an :class:`AccessTokenError` from :func:`error_from_status`).
+    """
+    if status != 401:
+        return False
+    cls = _BY_CODE.get(code or "")
+    return cls is None or issubclass(cls, AccessTokenError)

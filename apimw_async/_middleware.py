@@ -16,14 +16,13 @@ from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 from yarl import URL
 
 from ._config import LOGGER_NAME
-from ._http import loads
+from ._errors import AccessTokenError, APIMWError
+from ._http import parse_response
 from ._token_manager import TokenManager
 
 __all__ = ["BearerAuthMiddleware"]
 
 log = logging.getLogger(f"{LOGGER_NAME}.middleware")
-
-_TOKEN_CODES = frozenset({"EXPIRED_TOKEN", "INVALID_TOKEN", "REVOKED_TOKEN"})
 
 
 class BearerAuthMiddleware:
@@ -31,9 +30,10 @@ class BearerAuthMiddleware:
 
     Only requests under the manager's ``base_url`` (same scheme, host, port and path prefix)
     get the header, so a session shared with other services never leaks the token to them;
-    pass ``scope=None`` to authenticate every request, or another URL prefix. A 401 whose
-    error code is ``EXPIRED_TOKEN``, ``INVALID_TOKEN``, ``REVOKED_TOKEN`` or absent drops the
-    token (only if it is still the current one) and the request is sent once more.
+    pass ``scope=None`` to authenticate every request, or another URL prefix. A 401 that
+    refuses the token (``EXPIRED_TOKEN``, ``INVALID_TOKEN``, ``REVOKED_TOKEN``, no code, or an
+    unknown one: the same rule as the :class:`Client`'s) drops the token (only if it is still
+    the current one) and the request is sent once more.
     """
 
     def __init__(
@@ -74,7 +74,7 @@ class BearerAuthMiddleware:
         response = await handler(request)
         if response.status != 401 or not self._replay:
             return response
-        if not _is_token_refusal(await response.read()):
+        if not _refused(response, await response.read()):
             return response
         response.release()
         await self._tokens.invalidate(token)
@@ -84,12 +84,12 @@ class BearerAuthMiddleware:
         return await handler(request)
 
 
-def _is_token_refusal(body: bytes) -> bool:
+def _refused(response: ClientResponse, body: bytes) -> bool:
+    # The one envelope parser and the one rule (is_token_refusal) decide, as for the Client.
     try:
-        payload = loads(body) if body else None
-    except (ValueError, UnicodeDecodeError):
+        parse_response(response.status, response.headers, body, bearer=True)
+    except AccessTokenError:
         return True
-    error = payload.get("error") if isinstance(payload, dict) else None
-    code = error.get("code") if isinstance(error, dict) else None
-    # No code at all: a gateway's bare 401; a fresh token is the best guess.
-    return not isinstance(code, str) or code in _TOKEN_CODES
+    except APIMWError:
+        return False
+    return False
