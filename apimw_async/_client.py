@@ -13,6 +13,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from ._admission import Admission, check_limit, check_timeout, gate_for
 from ._clock import Clock
 from ._config import (
     DEFAULT_BASE_URL,
@@ -63,9 +64,18 @@ class Client:
     or a connection that was never established; a GET also after a 5xx, a timeout or a lost
     connection. A send (POST) whose request may have reached the server is never repeated.
     ``max_requests_per_minute`` turns on a client-side throttle (off by default) shared by
-    every task using this client. ``validate=False`` turns off the checks of documented rules
-    (E.164 numbers, message length, HTTPS webhook URLs...) made before sending. ``clock`` and
-    ``rng`` are injectable for tests (the backoff sleeps and the throttle run on ``clock``).
+    every task using this client.
+
+    Requests are admitted to the connection pool in arrival order (aiohttp's own pool lets
+    later requests overtake, so under load a few can wait for as long as the load lasts): at
+    most ``max_connections`` are in flight, by default the session's connection limit
+    (``connector_limit`` for the session the client owns). ``admission_timeout`` bounds the
+    wait for admission (:class:`PoolTimeoutError`, never retried); ``fair_admission=False``
+    leaves queueing to aiohttp. Clients sharing one session share one queue.
+
+    ``validate=False`` turns off the checks of documented rules (E.164 numbers, message
+    length, HTTPS webhook URLs...) made before sending. ``clock`` and ``rng`` are injectable
+    for tests (the backoff sleeps, the throttle and the admission timeout run on ``clock``).
     Extra keyword arguments go to the :class:`TokenManager` the client makes (``deadline``,
     ``refresh_policy``, ``on_token``...).
     """
@@ -83,6 +93,9 @@ class Client:
         clock: Clock | None = None,
         retry_policy: RetryPolicy | None = None,
         max_requests_per_minute: int | None = None,
+        fair_admission: bool = True,
+        max_connections: int | None = None,
+        admission_timeout: float | None = None,
         validate: bool = True,
         rng: random.Random | None = None,
         **token_options: Any,
@@ -136,6 +149,12 @@ class Client:
                     "max_requests_per_minute must be a positive integer"
                 ) from None
         self._validate = bool(validate)
+        self._fair = bool(fair_admission)
+        self._max_connections = check_limit(max_connections)
+        self._admission_timeout = check_timeout(admission_timeout)
+        if self._max_connections is None and session is None and self._fair:
+            self._max_connections = connector_limit if connector_limit > 0 else None
+        self._last_gate: tuple[aiohttp.ClientSession, Admission | None] | None = None
         self._sessions = SessionProvider(
             session,
             timeout=aiohttp.ClientTimeout(total=timeout, connect=DEFAULT_CONNECT_TIMEOUT),
@@ -294,13 +313,18 @@ class Client:
         and the request sent once more with a fresh one. Anything else is the caller's to
         retry or raise.
         """
+        gate = self._gate(session) if self._fair else None
         replayed = False
         while True:
             if self._throttle is not None:
                 await self._throttle.acquire()
-            token = await self._tokens.get_token()
-            headers, redact = self._bearer(token)
+            if gate is not None:
+                # Admitted in arrival order before taking the token: a token read after a
+                # long queue would be closer to its expiry.
+                await gate.acquire(timeout=self._admission_timeout)
             try:
+                token = await self._tokens.get_token()
+                headers, redact = self._bearer(token)
                 return await send(
                     session,
                     method,
@@ -317,6 +341,22 @@ class Client:
                     raise
                 replayed = True
                 await self._tokens.invalidate(token)
+            finally:
+                if gate is not None:
+                    gate.release()
+
+    def _gate(self, session: aiohttp.ClientSession) -> Admission | None:
+        last = self._last_gate
+        if last is not None and last[0] is session:
+            return last[1]
+        gate = gate_for(session, self._max_connections, clock=self._clock)
+        self._last_gate = (session, gate)
+        return gate
+
+    @property
+    def admission(self) -> Admission | None:
+        """The fair-admission queue of the running loop's session (``None`` if it is off)."""
+        return self._gate(self._sessions.get()) if self._fair else None
 
     def _bearer(self, token: Token) -> tuple[dict[str, str], tuple[str]]:
         # The request headers (and the secret to scrub from errors) are the same for every

@@ -15,8 +15,9 @@ import logging
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 from yarl import URL
 
+from ._admission import check_limit, check_timeout, gate_for
 from ._config import LOGGER_NAME
-from ._errors import AccessTokenError, APIMWError
+from ._errors import AccessTokenError, APIMWError, ConfigurationError
 from ._http import parse_response
 from ._token_manager import TokenManager
 
@@ -34,6 +35,13 @@ class BearerAuthMiddleware:
     refuses the token (``EXPIRED_TOKEN``, ``INVALID_TOKEN``, ``REVOKED_TOKEN``, no code, or an
     unknown one: the same rule as the :class:`Client`'s) drops the token (only if it is still
     the current one) and the request is sent once more.
+
+    ``fair_admission=True`` (opt-in) admits the session's requests to its connection pool in
+    arrival order, as the :class:`Client` does by default: at most ``max_connections`` in
+    flight (default: the connector's limit), each holding its slot until its response gives
+    the connection back; ``admission_timeout`` bounds the wait (:class:`PoolTimeoutError`).
+    Every request through this middleware is queued, in scope or not, since all share the
+    pool; token-endpoint calls of a manager sharing the session take a reserved lane.
     """
 
     def __init__(
@@ -42,8 +50,18 @@ class BearerAuthMiddleware:
         *,
         scope: str | bool | None = True,
         replay_on_401: bool = True,
+        fair_admission: bool = False,
+        max_connections: int | None = None,
+        admission_timeout: float | None = None,
     ) -> None:
         self._tokens = tokens
+        self._fair = bool(fair_admission)
+        self._max_connections = check_limit(max_connections)
+        self._admission_timeout = check_timeout(admission_timeout)
+        if not self._fair and (max_connections is not None or admission_timeout is not None):
+            raise ConfigurationError(
+                "max_connections and admission_timeout need fair_admission=True"
+            )
         if scope is True:
             scope = tokens.base_url
         self._scope: URL | None = None if scope in (None, False) else URL(str(scope))
@@ -67,6 +85,29 @@ class BearerAuthMiddleware:
         return path == self._prefix or path.startswith(self._prefix_slash)
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        if not self._fair:
+            return await self._authenticated(request, handler)
+        gate = gate_for(request.session, self._max_connections, clock=self._tokens.clock)
+        if gate is None:  # an unlimited connector and no max_connections: nothing to queue for
+            return await self._authenticated(request, handler)
+        await gate.acquire(timeout=self._admission_timeout)
+        try:
+            response = await self._authenticated(request, handler)
+        except BaseException:
+            gate.release()
+            raise
+        # The slot is the connection's: hand it on when the response gives the connection
+        # back to the pool (read to the end, released or closed), not when this returns.
+        connection = response.connection
+        if connection is None:
+            gate.release()
+        else:
+            connection.add_callback(gate.release)
+        return response
+
+    async def _authenticated(
+        self, request: ClientRequest, handler: ClientHandlerType
+    ) -> ClientResponse:
         if not self._in_scope(request.url):
             return await handler(request)
         token = await self._tokens.get_token()

@@ -494,9 +494,10 @@ class FakeAPIMW(_WhatsAppMixin, _WebhooksMixin):
         self._rl_used = 0
         self._waiters: list[asyncio.Future[None]] = []
         self._holds: dict[str, asyncio.Event] = {}
-        self.held: list[tuple[str, str]] = []
-        """``(endpoint, query string)`` of every request that arrived while its endpoint was
-        held, in arrival order (see :meth:`hold`)."""
+        self._recorded: set[str] = set()
+        self.arrivals: list[tuple[str, str]] = []
+        """``(endpoint, query string)`` of the requests to every endpoint ever held, in the
+        order they arrived, from the :meth:`hold` on (see there)."""
         self._runner: web.AppRunner | None = None
         self._closing: asyncio.Future[None] | None = None
         self._port: int | None = None
@@ -674,11 +675,13 @@ class FakeAPIMW(_WhatsAppMixin, _WebhooksMixin):
 
     def hold(self, endpoint: str) -> None:
         """Keep requests to ``endpoint`` (a route name such as ``"me"`` or ``"token"``) waiting
-        until :meth:`release`; each one is recorded in :attr:`held` as it arrives.
+        until :meth:`release`.
 
-        Tests of ordering use it: what the server saw, in order, without timing anything.
+        From then on every request to ``endpoint`` is recorded in :attr:`arrivals`, held or
+        not: tests of ordering read what the server saw, in order, without timing anything.
         """
         self.faults._check_endpoint(endpoint)
+        self._recorded.add(endpoint)
         if endpoint not in self._holds:
             self._holds[endpoint] = asyncio.Event()
 
@@ -689,9 +692,9 @@ class FakeAPIMW(_WhatsAppMixin, _WebhooksMixin):
             if hold is not None:
                 hold.set()
 
-    async def wait_held(self, count: int, timeout: float = 10.0) -> None:
-        """Return once at least ``count`` requests were recorded in :attr:`held`."""
-        await self._wait_for(lambda: len(self.held) >= count, timeout)
+    async def wait_arrivals(self, count: int, timeout: float = 10.0) -> None:
+        """Return once at least ``count`` requests were recorded in :attr:`arrivals`."""
+        await self._wait_for(lambda: len(self.arrivals) >= count, timeout)
 
     async def wait_for_deliveries(self, timeout: float = 10.0) -> None:
         """Return once no webhook handshake or delivery is in flight or due on the clock.
@@ -753,9 +756,10 @@ class FakeAPIMW(_WhatsAppMixin, _WebhooksMixin):
                     stats.token_calls_with_bearer += 1
             else:
                 stats.api_calls += 1
-            hold = self._holds.get(name) if self._holds else None
-            if hold is not None:
-                self.held.append((name, request.query_string))
+            hold = None
+            if self._recorded and name in self._recorded:
+                self.arrivals.append((name, request.query_string))
+                hold = self._holds.get(name)
             self._changed()
             if hold is not None:
                 await hold.wait()
