@@ -29,7 +29,16 @@ from typing import Any
 
 from .report import render, summarize
 from .server import InProcessServers, ProcessServers, ServerFactory
-from .strategies import ALL, MAIN, Strategy, by_name
+from .strategies import (
+    ALL,
+    EVERY,
+    MAIN,
+    OVERSUBSCRIPTION,
+    THROUGHPUT,
+    TRANSPORT_BASELINES,
+    Strategy,
+    by_name,
+)
 from .workloads import WORKLOADS, Context, Run
 from .workloads.common import other_load
 
@@ -55,6 +64,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         choices=("process", "inproc"),
         default="process",
         help="run the fake server in its own process (default) or in the clients' event loop",
+    )
+    parser.add_argument(
+        "--factors",
+        help="oversubscription: comma-separated workers-per-connection factors (default 2,5,10)",
     )
     parser.add_argument("--plot", type=Path, metavar="PATH", help="expiry-crossing latency plot")
     parser.add_argument("--no-plot", action="store_true", help="do not write the plot")
@@ -176,9 +189,30 @@ def _select(args: argparse.Namespace) -> tuple[list[str], tuple[type[Strategy], 
         try:
             chosen = tuple(by_name(s.strip()) for s in args.strategies.split(",") if s.strip())
         except KeyError as exc:
-            names = ", ".join(s.name for s in ALL)
+            names = ", ".join(s.name for s in EVERY)
             raise SystemExit(f"unknown strategy {exc}; choose from: {names}") from None
     return workloads, chosen
+
+
+def _factors(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        factors = tuple(int(f) for f in text.split(",") if f.strip())
+    except ValueError:
+        raise SystemExit(f"--factors takes integers, not {text!r}") from None
+    if not factors or min(factors) < 1:
+        raise SystemExit("--factors takes positive integers")
+    return factors
+
+
+def _rows(which: str, *, quick: bool) -> tuple[type[Strategy], ...]:
+    """The strategies of a workload; --quick leaves out the transport baselines."""
+    if which == "oversubscription":
+        return OVERSUBSCRIPTION
+    if which == "throughput":
+        return THROUGHPUT if quick else THROUGHPUT + TRANSPORT_BASELINES
+    return MAIN if which == "main" or quick else ALL
 
 
 async def _run(
@@ -198,8 +232,7 @@ async def _run(
     runs: list[Run] = []
     for name in workloads:
         runner, which = WORKLOADS[name]
-        # --quick leaves out the transport baselines (static-httpx, static-azure).
-        strategies = MAIN if which == "main" or args.quick else ALL
+        strategies = _rows(which, quick=args.quick)
         if chosen is not None:
             strategies = tuple(s for s in chosen if s in strategies)
             if not any(s.name == "static" for s in strategies) and name != "hot-path":
@@ -212,6 +245,7 @@ async def _run(
             log=log,
             idle_wait=idle_wait,
             idle_budget=idle_budget,
+            factors=_factors(args.factors),
         )
         t0 = time.perf_counter()
         runs += await runner(ctx)

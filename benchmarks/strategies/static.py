@@ -18,10 +18,12 @@ from azure.core.pipeline.policies import AsyncRetryPolicy, HeadersPolicy
 from azure.core.pipeline.transport import AioHttpTransport
 from azure.core.rest import HttpRequest
 
+from apimw_async._admission import Admission
+
 from ._httpx import HTTPX_NAME, httpx
 from .base import Env, Strategy
 
-__all__ = ["StaticAzureStrategy", "StaticHttpxStrategy", "StaticStrategy"]
+__all__ = ["StaticAzureStrategy", "StaticFairStrategy", "StaticHttpxStrategy", "StaticStrategy"]
 
 
 class _Static(Strategy):
@@ -68,6 +70,32 @@ class StaticStrategy(_Static):
 
     async def close(self) -> None:
         await self._session.close()
+
+
+class StaticFairStrategy(StaticStrategy):
+    """``static`` behind a FIFO admission queue with the pool's limit: the fair baseline.
+
+    Requests take a slot in arrival order before aiohttp's pool sees them, so the pool never
+    has a queue of its own (whose order is not fair). The queue is apimw_async's
+    :class:`~apimw_async._admission.Admission`, the same one the Client uses; no token work.
+    """
+
+    name = "static+fifo"
+
+    async def start(self) -> None:
+        await super().start()
+        self._gate = Admission(self.env.connections)
+
+    async def request(self) -> int:
+        await self._probe()
+        gate = self._gate
+        await gate.acquire()
+        try:
+            async with self._session.get(self.env.me_url, headers=self._headers) as resp:
+                json.loads(await resp.read())
+                return resp.status
+        finally:
+            gate.release()
 
 
 class StaticHttpxStrategy(_Static):
