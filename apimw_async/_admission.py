@@ -117,6 +117,13 @@ class Admission:
             queue = self._waiters
         await self._wait(queue, timeout)
 
+    def try_acquire(self) -> bool:
+        """Take an ordinary slot if one is free and nobody queues; never waits."""
+        if not self._waiters and not self._priority and self._in_use < self._open():
+            self._in_use += 1
+            return True
+        return False
+
     def release(self) -> None:
         """Give a slot back: to the first waiter, if any."""
         self._in_use -= 1

@@ -318,7 +318,7 @@ class Client:
         while True:
             if self._throttle is not None:
                 await self._throttle.acquire()
-            if gate is not None:
+            if gate is not None and not gate.try_acquire():
                 # Admitted in arrival order before taking the token: a token read after a
                 # long queue would be closer to its expiry.
                 await gate.acquire(timeout=self._admission_timeout)

@@ -236,3 +236,16 @@ async def test_one_gate_per_session_following_the_connector_limit() -> None:
         explicit = gate_for(unlimited, 5)
         assert explicit is not None
         assert explicit.limit == 5
+
+
+async def test_try_acquire_never_jumps_the_queue() -> None:
+    admission = Admission(1)
+    assert admission.try_acquire()
+    assert not admission.try_acquire()
+    waiter = asyncio.create_task(admission.acquire())
+    await settle()
+    admission.release()  # handed to the waiter ...
+    assert not admission.try_acquire()  # ... so none is free
+    await waiter
+    admission.release()
+    assert admission.try_acquire()
