@@ -29,7 +29,16 @@ import aiohttp
 from ._clock import Clock, SystemClock
 from ._errors import ConfigurationError, PoolTimeoutError
 
-__all__ = ["Admission", "check_limit", "check_timeout", "gate_for", "session_limit"]
+__all__ = [
+    "Admission",
+    "check_limit",
+    "check_timeout",
+    "gate_for",
+    "session_limit",
+    "share_with_token_calls",
+    "shares_token_calls",
+    "token_lane",
+]
 
 
 def check_limit(value: object, name: str = "max_connections") -> int | None:
@@ -227,6 +236,8 @@ def session_limit(session: aiohttp.ClientSession) -> int | None:
 
 
 _GATES: weakref.WeakKeyDictionary[aiohttp.ClientSession, Admission] = weakref.WeakKeyDictionary()
+#: Sessions a token manager sends its token calls on (shared with the application).
+_TOKEN_SESSIONS: weakref.WeakSet[aiohttp.ClientSession] = weakref.WeakSet()
 
 
 def gate_for(
@@ -250,5 +261,41 @@ def gate_for(
         if limit is None:
             return None
     gate = Admission(limit, clock=clock)
+    if session in _TOKEN_SESSIONS:
+        gate.reserve_lane(1)
     _GATES[session] = gate
     return gate
+
+
+def share_with_token_calls(session: aiohttp.ClientSession) -> None:
+    """Note that a token manager sends its token calls on ``session``: the session's admission
+    queue (now or when it is made) keeps one slot for them.
+
+    It must be known before application requests fill the queue: an application request holds
+    its slot while it waits for a token, so without the reserved slot a cold start could fill
+    every slot with requests waiting for the token call that needs one.
+    """
+    _TOKEN_SESSIONS.add(session)
+    gate = _GATES.get(session)
+    if gate is not None:
+        gate.reserve_lane(1)
+
+
+def shares_token_calls(session: aiohttp.ClientSession) -> bool:
+    """Whether a token manager sends its token calls on ``session``."""
+    return session in _TOKEN_SESSIONS
+
+
+def token_lane(session: aiohttp.ClientSession) -> Admission | None:
+    """The admission queue a token-endpoint call on ``session`` (shared with the application)
+    goes through with priority, with one slot reserved for it; ``None``: send directly.
+
+    The queue is the session's own (created here if the application has not used it yet), so
+    the application's admitted requests leave a connection free for the token call, which
+    queues ahead of every waiting application request. A pool of one connection cannot spare
+    one: there the call goes straight to the pool (an application request holding the only
+    slot may be waiting for this very token, so queueing behind it could never end).
+    """
+    share_with_token_calls(session)
+    gate = gate_for(session)
+    return gate if gate is not None and gate.reserve > 0 else None

@@ -15,7 +15,7 @@ import logging
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 from yarl import URL
 
-from ._admission import check_limit, check_timeout, gate_for
+from ._admission import check_limit, check_timeout, gate_for, shares_token_calls
 from ._config import LOGGER_NAME
 from ._errors import AccessTokenError, APIMWError, ConfigurationError
 from ._http import parse_response
@@ -36,12 +36,15 @@ class BearerAuthMiddleware:
     unknown one: the same rule as the :class:`Client`'s) drops the token (only if it is still
     the current one) and the request is sent once more.
 
-    ``fair_admission=True`` (opt-in) admits the session's requests to its connection pool in
-    arrival order, as the :class:`Client` does by default: at most ``max_connections`` in
-    flight (default: the connector's limit), each holding its slot until its response gives
-    the connection back; ``admission_timeout`` bounds the wait (:class:`PoolTimeoutError`).
-    Every request through this middleware is queued, in scope or not, since all share the
-    pool; token-endpoint calls of a manager sharing the session take a reserved lane.
+    Fair admission admits the session's requests to its connection pool in arrival order, as
+    the :class:`Client` does: at most ``max_connections`` in flight (default: the connector's
+    limit), each holding its slot until its response gives the connection back;
+    ``admission_timeout`` bounds the wait (:class:`PoolTimeoutError`). Every request through
+    this middleware is queued, in scope or not, since all share the pool. It is opt-in
+    (``fair_admission=True``, or giving ``max_connections``/``admission_timeout``), except on
+    a session the token manager shares: there it is on unless ``fair_admission=False``,
+    because the manager's refresh takes a reserved lane of that queue instead of waiting
+    behind your requests in aiohttp's pool.
     """
 
     def __init__(
@@ -50,18 +53,22 @@ class BearerAuthMiddleware:
         *,
         scope: str | bool | None = True,
         replay_on_401: bool = True,
-        fair_admission: bool = False,
+        fair_admission: bool | None = None,
         max_connections: int | None = None,
         admission_timeout: float | None = None,
     ) -> None:
         self._tokens = tokens
-        self._fair = bool(fair_admission)
         self._max_connections = check_limit(max_connections)
         self._admission_timeout = check_timeout(admission_timeout)
-        if not self._fair and (max_connections is not None or admission_timeout is not None):
+        tuned = max_connections is not None or admission_timeout is not None
+        if fair_admission is False and tuned:
             raise ConfigurationError(
-                "max_connections and admission_timeout need fair_admission=True"
+                "max_connections and admission_timeout need fair admission (not "
+                "fair_admission=False)"
             )
+        # None: on where the manager shares the session (its refresh needs the lane), or
+        # when tuned; off elsewhere.
+        self._fair: bool | None = True if tuned and fair_admission is None else fair_admission
         if scope is True:
             scope = tokens.base_url
         self._scope: URL | None = None if scope in (None, False) else URL(str(scope))
@@ -85,9 +92,10 @@ class BearerAuthMiddleware:
         return path == self._prefix or path.startswith(self._prefix_slash)
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
-        if not self._fair:
+        fair, session = self._fair, request.session
+        if fair is False or (fair is None and not shares_token_calls(session)):
             return await self._authenticated(request, handler)
-        gate = gate_for(request.session, self._max_connections, clock=self._tokens.clock)
+        gate = gate_for(session, self._max_connections, clock=self._tokens.clock)
         if gate is None:  # an unlimited connector and no max_connections: nothing to queue for
             return await self._authenticated(request, handler)
         await gate.acquire(timeout=self._admission_timeout)

@@ -204,12 +204,32 @@ async def test_middleware_slot_is_held_until_the_response_is_released(fake: Fake
         assert gate.in_use == 0
 
 
-def test_middleware_admission_options_need_the_opt_in(fake: FakeAPIMW) -> None:
+def test_middleware_admission_options(fake: FakeAPIMW) -> None:
     tm = TokenManager(fake.credentials, base_url=fake.base_url)
-    with pytest.raises(ConfigurationError, match="fair_admission"):
-        BearerAuthMiddleware(tm, max_connections=4)
+    with pytest.raises(ConfigurationError, match="fair_admission=False"):
+        BearerAuthMiddleware(tm, fair_admission=False, max_connections=4)
     with pytest.raises(ConfigurationError):
         BearerAuthMiddleware(tm, fair_admission=True, admission_timeout=0)
+    with pytest.raises(ConfigurationError):
+        BearerAuthMiddleware(tm, max_connections=0)
+
+
+async def test_middleware_admission_is_off_by_default_on_a_session_of_its_own(
+    fake: FakeAPIMW,
+) -> None:
+    tm = TokenManager(fake.credentials, base_url=fake.base_url)
+    async with tm, aiohttp.ClientSession(middlewares=(BearerAuthMiddleware(tm),)) as s:
+        async with s.get(f"{fake.base_url}/auth/me") as resp:
+            assert resp.status == 200
+        assert gate_for(s, create=False) is None
+    tm = TokenManager(fake.credentials, base_url=fake.base_url)
+    tuned = BearerAuthMiddleware(tm, max_connections=2)  # giving an option opts in
+    async with tm, aiohttp.ClientSession(middlewares=(tuned,)) as s:
+        async with s.get(f"{fake.base_url}/auth/me") as resp:
+            assert resp.status == 200
+        gate = gate_for(s, create=False)
+        assert gate is not None
+        assert gate.limit == 2
 
 
 async def test_middleware_admission_timeout(fake: FakeAPIMW) -> None:
@@ -227,3 +247,137 @@ async def test_middleware_admission_timeout(fake: FakeAPIMW) -> None:
         assert isinstance(results[0], PoolTimeoutError)
         fake.release("me")
         (await first).release()
+
+
+# --- the token lane ------------------------------------------------------------------------------
+
+
+async def saturate_and_refresh(
+    fake: FakeAPIMW,
+    clock: FakeClock,
+    tm: TokenManager,
+    session: aiohttp.ClientSession,
+    send: Callable[[str], Awaitable[Any]],
+    refreshed: asyncio.Event,
+) -> None:
+    """Every application slot of ``session`` held at the server and more requests queued;
+    the token enters its refresh window; the refresh must still complete, and nobody waits."""
+    await send("warm-up")
+    gate = gate_for(session, create=False)
+    assert gate is not None
+    app_slots = gate.limit - gate.reserve
+    assert gate.reserve == 1
+    fake.arrivals.clear()
+    waits = tm.stats.waits
+    fake.hold("me")
+    tasks = [asyncio.create_task(send(str(i))) for i in range(app_slots + 4)]
+    await fake.wait_arrivals(app_slots)
+    await queued(lambda: gate.waiting, 4)
+    # Into the refresh window (the token stays valid): the next get_token() starts the refresh.
+    token = tm.token
+    assert token is not None
+    clock.advance(token.refresh_at - clock.monotonic() + 0.001)
+    assert await tm.get_token() is token
+    await asyncio.wait_for(refreshed.wait(), 10)  # (a bound only against a hang)
+    # The refresh went through while every application slot was still held at the server.
+    assert len(fake.arrivals) == app_slots
+    assert gate.waiting == 4
+    assert fake.stats.refresh_calls == 1
+    assert tm.token is not token
+    fake.release("me")
+    await asyncio.gather(*tasks)
+    assert tm.stats.waits == waits  # no caller waited for a token
+    assert gate.in_use == 0
+
+
+def second_token_sets(event: asyncio.Event) -> Callable[[object], None]:
+    seen: list[object] = []
+
+    def on_token(token: object) -> None:
+        seen.append(token)
+        if len(seen) == 2:
+            event.set()
+
+    return on_token
+
+
+async def test_refresh_on_a_saturated_shared_session_takes_the_reserved_lane(
+    timed_fake: FakeAPIMW, clock: FakeClock
+) -> None:
+    fake = timed_fake
+    refreshed = asyncio.Event()
+    connector = aiohttp.TCPConnector(limit=3)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        client = Client(
+            fake.credentials,
+            base_url=fake.base_url,
+            session=session,
+            clock=clock,
+            on_token=second_token_sets(refreshed),
+        )
+        async with client:
+
+            async def send(seq: str) -> None:
+                await client.request("GET", "/auth/me", params={"seq": seq})
+
+            await saturate_and_refresh(fake, clock, client.tokens, session, send, refreshed)
+
+
+async def test_refresh_on_a_saturated_middleware_session_takes_the_reserved_lane(
+    timed_fake: FakeAPIMW, clock: FakeClock
+) -> None:
+    fake = timed_fake
+    refreshed = asyncio.Event()
+    middleware: list[BearerAuthMiddleware] = []
+
+    async def late(request: aiohttp.ClientRequest, handler: Any) -> aiohttp.ClientResponse:
+        return await middleware[0](request, handler)
+
+    connector = aiohttp.TCPConnector(limit=3)
+    async with aiohttp.ClientSession(connector=connector, middlewares=(late,)) as session:
+        tm = TokenManager(
+            fake.credentials,
+            base_url=fake.base_url,
+            session=session,
+            clock=clock,
+            on_token=second_token_sets(refreshed),
+        )
+        # No fair_admission given: on, because the manager shares this session.
+        middleware.append(BearerAuthMiddleware(tm))
+        async with tm:
+
+            async def send(seq: str) -> None:
+                async with session.get(f"{fake.base_url}/auth/me", params={"seq": seq}) as r:
+                    assert r.status == 200
+                    await r.read()
+
+            await saturate_and_refresh(fake, clock, tm, session, send, refreshed)
+
+
+async def test_a_one_connection_shared_session_cannot_deadlock_a_cold_start(
+    fake: FakeAPIMW,
+) -> None:
+    # No slot can be reserved in a pool of one: the token call goes straight to the pool,
+    # which is free while the admitted request waits for the token.
+    connector = aiohttp.TCPConnector(limit=1)
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        Client(fake.credentials, base_url=fake.base_url, session=session) as client,
+    ):
+        results = await asyncio.wait_for(asyncio.gather(*(client.auth.me() for _ in range(5))), 10)
+        assert len(results) == 5
+        assert fake.stats.token_calls == 1
+
+
+async def test_a_cold_start_on_a_shared_session_fills_no_reserved_slot(fake: FakeAPIMW) -> None:
+    # Many more requests than slots, all waiting for the first token while holding their
+    # slots: the token call still has its reserved slot.
+    connector = aiohttp.TCPConnector(limit=4)
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        Client(fake.credentials, base_url=fake.base_url, session=session) as client,
+    ):
+        results = await asyncio.wait_for(asyncio.gather(*(client.auth.me() for _ in range(50))), 10)
+        assert len(results) == 50
+        assert fake.stats.token_calls == 1
+        assert client.tokens.stats.waits >= 3
