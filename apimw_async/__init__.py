@@ -5,6 +5,7 @@ The public names are re-exported here; every module with a leading underscore is
 
 from ._client import Client
 from ._clock import SYSTEM_CLOCK, Clock, FakeClock, SystemClock
+from ._envelope import ApiResponse, RateLimitInfo
 from ._errors import (
     AccessTokenError,
     APIConnectionError,
@@ -32,7 +33,6 @@ from ._errors import (
     TokenUnavailableError,
     ValidationError,
 )
-from ._http import ApiResponse, RateLimitInfo
 from ._middleware import BearerAuthMiddleware
 from ._models import Credentials, CurrentUser, Tenant, Token, User, fingerprint
 from ._retry import RetryPolicy, Throttle

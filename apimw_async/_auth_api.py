@@ -20,13 +20,15 @@ import attrs
 from ._admission import share_with_token_calls, token_lane
 from ._clock import Clock
 from ._config import DEFAULT_ACCESS_TOKEN_LIFETIME, LOGGER_NAME
+from ._envelope import ApiResponse
 from ._errors import (
     AccessTokenError,
     ConfigurationError,
     MalformedResponseError,
 )
-from ._http import ApiResponse, SessionProvider, send
 from ._models import Credentials
+from ._send import send
+from ._sessions import SessionProvider
 from ._version import __version__
 
 __all__ = ["AuthAPI", "TokenGrant"]

@@ -22,18 +22,14 @@ from ._config import (
     ENV_BASE_URL,
     LOGGER_NAME,
 )
+from ._envelope import ApiResponse, RateLimitInfo
 from ._errors import AccessTokenError, APIMWError, ConfigurationError, RateLimitError
-from ._http import (
-    ApiResponse,
-    RateLimitInfo,
-    SessionProvider,
-    _is_loopback,
-    normalize_base_url,
-    send,
-)
 from ._models import Credentials, Token
 from ._retry import RetryPolicy, Throttle, advised_wait, is_idempotent
+from ._send import send
+from ._sessions import SessionProvider
 from ._token_manager import TokenManager
+from ._urls import is_loopback, normalize_base_url
 from ._version import __version__
 from .resources.auth import AuthResource
 from .resources.webhooks import WebhooksResource
@@ -138,7 +134,7 @@ class Client:
         )
         base = URL(self._base_url)
         self._plain_http_ok = allow_insecure_http or (
-            base.scheme == "http" and _is_loopback(base.host or "")
+            base.scheme == "http" and is_loopback(base.host or "")
         )
         self._throttle: Throttle | None = None
         if max_requests_per_minute is not None:

@@ -35,6 +35,7 @@ otherwise). Messages never contain credentials, tokens or request bodies.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
     "APIConnectionError",
@@ -86,6 +87,20 @@ class APIMWError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions pickle as ``cls(*args)``, which fails for keyword-only arguments such as
+        # ``status``: rebuild from the message and the attributes instead, so errors cross
+        # process pools, Celery results and multiprocessing queues. (``__cause__`` and the
+        # traceback do not travel, as for any exception.)
+        return (_rebuild, (type(self), self.message), dict(self.__dict__))
+
+
+def _rebuild(cls: type[APIMWError], message: str) -> APIMWError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.message = message
+    return error
 
 
 class ConfigurationError(APIMWError, ValueError):

@@ -17,8 +17,8 @@ from yarl import URL
 
 from ._admission import check_limit, check_timeout, gate_for, shares_token_calls
 from ._config import LOGGER_NAME
+from ._envelope import parse_response
 from ._errors import AccessTokenError, APIMWError, ConfigurationError
-from ._http import parse_response
 from ._token_manager import TokenManager
 
 __all__ = ["BearerAuthMiddleware"]

@@ -18,6 +18,7 @@ from multidict import CIMultiDict
 
 from ._clock import Clock
 from ._config import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP, MAX_RETRY_AFTER
+from ._envelope import RateLimitInfo
 from ._errors import (
     APIConnectionError,
     APIMWError,
@@ -25,7 +26,6 @@ from ._errors import (
     RateLimitError,
     ServerError,
 )
-from ._http import RateLimitInfo
 
 __all__ = [
     "Outcome",

@@ -25,7 +25,6 @@ import os
 import random
 import threading
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -64,9 +63,11 @@ from ._errors import (
     StoreUnavailableError,
     TokenUnavailableError,
 )
-from ._http import SessionProvider, normalize_base_url
+from ._loops import PerLoop
 from ._models import Credentials, Token, fingerprint
 from ._retry import Outcome, RetryPolicy, is_transient, outcome_of
+from ._sessions import SessionProvider
+from ._urls import normalize_base_url
 from .stores import StoredToken, TokenStore
 
 __all__ = ["RefreshPolicy", "TokenHook", "TokenManager", "TokenStats"]
@@ -248,9 +249,7 @@ class TokenManager:
         # Guards the refresh token (take / put back / replace), which threads running other
         # event loops may touch too; never held across an await.
         self._lock = threading.Lock()
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._loops: PerLoop[_LoopState] = PerLoop(_LoopState, after_fork=self._after_fork)
         self._cooldown_until = float("-inf")
         self._cooldown_cause: BaseException | None = None
         self._permanent_error: InvalidCredentialsError | None = None
@@ -260,7 +259,6 @@ class TokenManager:
         self._closed = False
         #: Counters; see :class:`TokenStats`.
         self.stats = TokenStats()
-        _MANAGERS.add(self)
 
     # --- public ------------------------------------------------------------------------------
 
@@ -361,8 +359,8 @@ class TokenManager:
         tasks: list[asyncio.Task[Any]] = []
         with self._lock:
             self._refresh = None
-            states = list(self._loops.items())
-            self._loops.clear()
+        states = self._loops.items()
+        await self._loops.aclose()
         for loop, state in states:
             pending = [t for t in (state.inflight, *state.hooks) if t is not None and not t.done()]
             if loop is current:
@@ -392,12 +390,16 @@ class TokenManager:
     # --- acquisition -------------------------------------------------------------------------
 
     def _state(self) -> _LoopState:
-        loop = asyncio.get_running_loop()
-        state = self._loops.get(loop)
-        if state is None:
-            with self._lock:
-                state = self._loops.setdefault(loop, _LoopState())
-        return state
+        return self._loops.get()
+
+    def _after_fork(self) -> None:
+        # In a forked child. The parent holds the same refresh token and will spend it: sent
+        # from here too, the server would see it twice (reuse) and revoke the whole family. So
+        # the child forgets it and gets its own pair with the credentials, or through the
+        # shared store, which hands the pair to one process at a time.
+        self._lock = threading.Lock()
+        self._refresh = None
+        self._fallback_pending = False
 
     def _refresh_in_background(self, now: float) -> None:
         if now < self._next_background_at or now < self._cooldown_until or self._closed:
@@ -790,22 +792,6 @@ class TokenManager:
             task = asyncio.get_running_loop().create_task(run(), name="apimw-token-hook")
             state.hooks.add(task)
             task.add_done_callback(state.hooks.discard)
-
-
-_MANAGERS: weakref.WeakSet[TokenManager] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # The parent's event loops, tasks and thread locks mean nothing in a forked child (a lock
-    # held by another parent thread would never be released); tokens are plain values, kept.
-    for manager in list(_MANAGERS):
-        manager._lock = threading.Lock()
-        manager._loops = weakref.WeakKeyDictionary()
-        manager._sessions.forget_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

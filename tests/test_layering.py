@@ -27,7 +27,10 @@ LAYERS: list[tuple[str, list[str]]] = [
             "webhooks._events",
         ],
     ),
-    ("transport", ["_http", "_retry", "_admission"]),
+    (
+        "transport",
+        ["_urls", "_envelope", "_loops", "_send", "_sessions", "_http", "_retry", "_admission"],
+    ),
     ("endpoints", ["_auth_api"]),
     ("tokens", ["stores", "_token_manager"]),
     ("client", ["_client", "resources", "_middleware", "webhooks._receiver"]),

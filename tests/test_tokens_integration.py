@@ -30,6 +30,7 @@ from apimw_async._token_manager import _LoopState
 from apimw_async.testing import FakeAPIMW
 
 from .conftest import drive
+from .server_thread import ServerThread
 
 
 def client_for(fake: FakeAPIMW, **options: Any) -> Client:
@@ -336,35 +337,6 @@ def test_base_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # --- event loops and threads -------------------------------------------------------------------
-
-
-class ServerThread:
-    """A fake server running in its own thread and event loop."""
-
-    def __init__(self, **options: Any) -> None:
-        self.options = options
-        self.ready = threading.Event()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.fake: FakeAPIMW
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.fake = FakeAPIMW(**self.options)
-        self.loop.run_until_complete(self.fake.start())
-        self.ready.set()
-        self.loop.run_forever()
-        self.loop.run_until_complete(self.fake.close())
-        self.loop.close()
-
-    def __enter__(self) -> FakeAPIMW:
-        self.thread.start()
-        self.ready.wait(30)
-        return self.fake
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
 
 
 def test_one_client_across_repeated_asyncio_run() -> None:

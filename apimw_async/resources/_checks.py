@@ -12,7 +12,7 @@ from typing import Any, Final
 from yarl import URL
 
 from .._errors import ValidationError
-from .._http import _is_loopback
+from .._urls import is_loopback
 
 __all__ = [
     "MAX_TEXT_LENGTH",
@@ -77,7 +77,7 @@ def check_webhook_url(value: Any, *, allow_loopback_http: bool) -> None:
         raise ValidationError("url must be an absolute https:// URL", field="url")
     if url.user or url.password:
         raise ValidationError("url must not carry credentials", field="url")
-    if url.scheme == "http" and not (allow_loopback_http and _is_loopback(url.host)):
+    if url.scheme == "http" and not (allow_loopback_http and is_loopback(url.host)):
         raise ValidationError(
             "url must use https: APIMW delivers webhooks only to HTTPS endpoints (plain http "
             "is accepted for a loopback host when the client itself talks plain http to a "

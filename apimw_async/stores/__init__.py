@@ -91,9 +91,14 @@ class StoredToken:
                 refresh_issued_at=_float(data["refresh_issued_at"]),
                 version=int(data["version"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MalformedResponseError(f"stored token is unreadable ({exc})") from None
-        return token
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            # Not raised in here: the decoder's error (the implicit __context__) holds the
+            # document, tokens included.
+            # document, tokens included; nor is its text kept.
+            problem = f"missing field {exc}" if isinstance(exc, KeyError) else type(exc).__name__
+        else:
+            return token
+        raise MalformedResponseError(f"stored token is unreadable ({problem})")
 
     def spent(self) -> StoredToken:
         """The same pair with the refresh token removed, as the next version."""

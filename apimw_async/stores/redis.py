@@ -27,11 +27,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
-import threading
-import weakref
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
@@ -49,7 +46,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from .._clock import SYSTEM_CLOCK, Clock
 from .._config import LOGGER_NAME, REFRESH_TOKEN_LIFETIME
 from .._errors import ConfigurationError, StoreUnavailableError
-from .._http import on_loop_shutdown
+from .._loops import PerLoop
 from . import StoredToken
 
 __all__ = ["Cipher", "RedisTokenStore"]
@@ -310,7 +307,6 @@ class _LoopState:
         self.release = client.register_script(_RELEASE)
         self.listener = _Listener(client, prefix) if notifications else None
         self.probes: dict[str, asyncio.Task[tuple[int, bool]]] = {}
-        self.closer: AsyncGenerator[None, None] | None = None
 
     async def close(self) -> None:
         if self.listener is not None:
@@ -409,12 +405,8 @@ class RedisTokenStore:
         self._poll_interval = float(poll_interval)
         self._refresh_lifetime = float(refresh_token_lifetime)
         self._clock = clock or SYSTEM_CLOCK
-        self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._lock = threading.Lock()
+        self._states: PerLoop[_LoopState] = PerLoop(self._create_state, close=_LoopState.close)
         self._closed = False
-        _STORES.add(self)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisTokenStore:
@@ -568,15 +560,7 @@ class RedisTokenStore:
         """Close the running loop's client (other loops' clients close when their loop
         shuts down); the store then raises :class:`StoreUnavailableError`."""
         self._closed = True
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            state = self._states.pop(loop, None)
-            self._states.clear()
-        if state is not None:
-            if state.closer is not None:
-                await state.closer.aclose()
-            else:  # pragma: no cover - the closer is always set
-                await state.close()
+        await self._states.aclose()
 
     # --- extras ------------------------------------------------------------------------------
 
@@ -644,41 +628,16 @@ class RedisTokenStore:
     def _state(self) -> _LoopState:
         if self._closed:
             raise StoreUnavailableError("redis token store: the store was closed")
-        loop = asyncio.get_running_loop()
-        state = self._states.get(loop)
-        if state is not None:
-            return state
-        with self._lock:
-            state = self._states.get(loop)
-            if state is None:
-                state = self._create_state(loop)
-        return state
+        return self._states.get()
 
-    def _create_state(self, loop: asyncio.AbstractEventLoop) -> _LoopState:
+    def _create_state(self) -> _LoopState:
         try:
             client = self._new_client()
         except (RedisError, OSError, ValueError) as exc:
             raise StoreUnavailableError(
                 f"redis token store: cannot create a client ({type(exc).__name__})"
             ) from exc
-        state = _LoopState(client, self._prefix, self._notifications, self._factory is None)
-
-        async def close() -> None:
-            with self._lock:
-                if self._states.get(loop) is state:
-                    del self._states[loop]
-            await state.close()
-
-        state.closer = on_loop_shutdown(close)
-        self._states[loop] = state
-        return state
-
-    def _forget_after_fork(self) -> None:
-        # The parent's connections are the parent's: never use or close them here. They are
-        # kept referenced so that no finalizer touches their sockets in this process.
-        _ORPHANED.extend(self._states.values())
-        self._states = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
+        return _LoopState(client, self._prefix, self._notifications, self._factory is None)
 
 
 def _check_key(key: str) -> str:
@@ -687,16 +646,3 @@ def _check_key(key: str) -> str:
     if key.startswith(("ak_", "sk_")):
         raise ValueError("a store key must be a hash of the API key, never the key itself")
     return key
-
-
-_STORES: weakref.WeakSet[RedisTokenStore] = weakref.WeakSet()
-_ORPHANED: list[_LoopState] = []
-
-
-def _after_fork_in_child() -> None:
-    for store in list(_STORES):
-        store._forget_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
