@@ -82,6 +82,8 @@ class _Ours(Strategy):
         stats = self.manager.stats.as_dict()
         return {
             "stats_waits": stats["waits"],
+            "stats_waits_valid": stats["waits_with_valid_token"],
+            "stats_waits_first": stats["waits_without_valid_token"],
             "background_refreshes": stats["background_refreshes"],
             "fallbacks": stats["fallbacks"],
         }
