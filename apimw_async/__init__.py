@@ -3,6 +3,7 @@
 The public names are re-exported here; every module with a leading underscore is private.
 """
 
+from ._admission import Admission
 from ._client import Client
 from ._clock import SYSTEM_CLOCK, Clock, FakeClock, SystemClock
 from ._envelope import ApiResponse, RateLimitInfo
@@ -64,6 +65,7 @@ __all__ = [
     "APIStatusError",
     "APITimeoutError",
     "AccessTokenError",
+    "Admission",
     "ApiResponse",
     "AuthResource",
     "AuthenticationError",

@@ -351,7 +351,9 @@ class Client:
 
     @property
     def admission(self) -> Admission | None:
-        """The fair-admission queue of the running loop's session (``None`` if it is off)."""
+        """The fair-admission queue of the running loop's session, ``None`` if admission is
+        off (or the session's pool is unlimited and no ``max_connections`` was given); its
+        ``in_use`` and ``waiting`` tell how busy the pool is."""
         return self._gate(self._sessions.get()) if self._fair else None
 
     def _bearer(self, token: Token) -> tuple[dict[str, str], tuple[str]]:

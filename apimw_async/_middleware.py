@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import logging
 
-from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
+from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, ClientSession
 from yarl import URL
 
-from ._admission import check_limit, check_timeout, gate_for, shares_token_calls
+from ._admission import Admission, check_limit, check_timeout, gate_for, shares_token_calls
 from ._config import LOGGER_NAME
 from ._envelope import parse_response
 from ._errors import AccessTokenError, APIMWError, ConfigurationError
@@ -69,6 +69,7 @@ class BearerAuthMiddleware:
         # None: on where the manager shares the session (its refresh needs the lane), or
         # when tuned; off elsewhere.
         self._fair: bool | None = True if tuned and fair_admission is None else fair_admission
+        self._last_gate: tuple[ClientSession, Admission | None] | None = None
         if scope is True:
             scope = tokens.base_url
         self._scope: URL | None = None if scope in (None, False) else URL(str(scope))
@@ -92,13 +93,15 @@ class BearerAuthMiddleware:
         return path == self._prefix or path.startswith(self._prefix_slash)
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
-        fair, session = self._fair, request.session
-        if fair is False or (fair is None and not shares_token_calls(session)):
+        if self._fair is False:
             return await self._authenticated(request, handler)
-        gate = gate_for(session, self._max_connections, clock=self._tokens.clock)
-        if gate is None:  # an unlimited connector and no max_connections: nothing to queue for
+        session = request.session
+        last = self._last_gate
+        gate = last[1] if last is not None and last[0] is session else self._gate(session)
+        if gate is None:
             return await self._authenticated(request, handler)
-        await gate.acquire(timeout=self._admission_timeout)
+        if not gate.try_acquire():
+            await gate.acquire(timeout=self._admission_timeout)
         try:
             response = await self._authenticated(request, handler)
         except BaseException:
@@ -112,6 +115,15 @@ class BearerAuthMiddleware:
         else:
             connection.add_callback(gate.release)
         return response
+
+    def _gate(self, session: ClientSession) -> Admission | None:
+        # Decided on a session's first request (a middleware usually serves one session).
+        gate = None
+        if self._fair or shares_token_calls(session):
+            # (None for an unlimited connector without max_connections: nothing to queue for)
+            gate = gate_for(session, self._max_connections, clock=self._tokens.clock)
+        self._last_gate = (session, gate)
+        return gate
 
     async def _authenticated(
         self, request: ClientRequest, handler: ClientHandlerType

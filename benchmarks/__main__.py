@@ -249,11 +249,20 @@ async def _run(
         )
         t0 = time.perf_counter()
         runs += await runner(ctx)
+        if args.json:
+            # Saved after every workload: a later failure does not lose the finished ones.
+            _save(args.json, meta, runs)
         meta["idle_waited_s"] = round(meta.get("idle_waited_s", 0.0) + ctx.idle_waited, 1)
         meta.setdefault("workload_seconds", {})[name] = round(time.perf_counter() - t0, 1)
         log(f"{name} done in {time.perf_counter() - t0:.1f}s")
     meta["total_seconds"] = round(time.perf_counter() - started, 1)
     return runs
+
+
+def _save(path: Path, meta: dict[str, Any], runs: list[Run]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {"meta": meta, "runs": [run.as_dict() for run in runs]}
+    path.write_text(json.dumps(document, indent=1) + "\n")
 
 
 def _reprint(path: Path) -> int:
@@ -291,9 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(tables)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        document = {"meta": meta, "runs": [run.as_dict() for run in runs]}
-        args.json.write_text(json.dumps(document, indent=1) + "\n")
+        _save(args.json, meta, runs)
         print(f"results saved to {args.json}")
     plot_path = args.plot or (None if args.quick else DEFAULT_PLOT)
     if plot_path is not None and not args.no_plot:

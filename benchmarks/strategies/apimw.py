@@ -195,14 +195,21 @@ class _StubResponse:
 _STUB_RESPONSE = _StubResponse()
 
 
+class _StubSession:
+    pass
+
+
 class _StubRequest:
-    """Just what the middleware reads of a ``ClientRequest`` (url, headers, method)."""
+    """Just what the middleware reads of a ``ClientRequest`` (url, headers, method, session)."""
 
     method = "GET"
 
     def __init__(self, url: str) -> None:
         self.url = URL(url)
         self.headers: dict[str, str] = {}
+        # Not a session any token manager shares: the middleware's admission stays off, as on
+        # the user's own session of the middleware row.
+        self.session = _StubSession()
 
 
 class MiddlewareFairStrategy(MiddlewareStrategy):
