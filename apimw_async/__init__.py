@@ -1,11 +1,18 @@
 """apimw_async: an asyncio-first SDK for the APIMW WhatsApp API middleware.
 
 The public names are re-exported here; every module with a leading underscore is private.
+
+Logging follows the convention for libraries: records go to the ``apimw_async`` logger (and its
+children), which has a :class:`logging.NullHandler`, so nothing is printed unless the
+application configures logging (e.g. ``logging.basicConfig(level=logging.INFO)``).
 """
+
+import logging as _logging
 
 from ._admission import Admission
 from ._client import Client
 from ._clock import SYSTEM_CLOCK, Clock, FakeClock, SystemClock
+from ._config import LOGGER_NAME as _LOGGER_NAME
 from ._envelope import ApiResponse, RateLimitInfo
 from ._errors import (
     AccessTokenError,
@@ -36,7 +43,7 @@ from ._errors import (
 )
 from ._middleware import BearerAuthMiddleware
 from ._models import Credentials, CurrentUser, Tenant, Token, User, fingerprint
-from ._retry import RetryPolicy, Throttle
+from ._retry import RateLimiter, RetryPolicy, Throttle
 from ._token_manager import RefreshPolicy, TokenHook, TokenManager, TokenStats
 from ._types import (
     MessageInfo,
@@ -93,6 +100,7 @@ __all__ = [
     "PoolTimeoutError",
     "RateLimitError",
     "RateLimitInfo",
+    "RateLimiter",
     "RefreshPolicy",
     "RetryPolicy",
     "RevokedTokenError",
@@ -125,3 +133,7 @@ __all__ = [
     "__version__",
     "fingerprint",
 ]
+
+# A library never decides where its records go: without this, logging's "last resort" handler
+# would print warnings and errors to stderr of every application that configured nothing.
+_logging.getLogger(_LOGGER_NAME).addHandler(_logging.NullHandler())

@@ -21,11 +21,12 @@ from ._config import (
     DEFAULT_REQUEST_TIMEOUT,
     ENV_BASE_URL,
     LOGGER_NAME,
+    seconds,
 )
 from ._envelope import ApiResponse, RateLimitInfo
 from ._errors import AccessTokenError, APIMWError, ConfigurationError, RateLimitError
 from ._models import Credentials, Token
-from ._retry import RetryPolicy, Throttle, advised_wait, is_idempotent
+from ._retry import RateLimiter, RetryPolicy, Throttle, advised_wait, is_idempotent
 from ._send import send
 from ._sessions import SessionProvider
 from ._token_manager import TokenManager
@@ -34,6 +35,7 @@ from ._version import __version__
 from .resources.auth import AuthResource
 from .resources.webhooks import WebhooksResource
 from .resources.whatsapp import WhatsAppResource
+from .stores import TokenStore
 
 __all__ = ["Client"]
 
@@ -60,7 +62,10 @@ class Client:
     or a connection that was never established; a GET also after a 5xx, a timeout or a lost
     connection. A send (POST) whose request may have reached the server is never repeated.
     ``max_requests_per_minute`` turns on a client-side throttle (off by default) shared by
-    every task using this client.
+    every task using this client. ``rate_limiter`` (e.g.
+    :class:`~apimw_async.stores.redis.RedisRateLimiter`) paces the API key's requests across
+    every process sharing it: a slot is taken right before each send, token in hand, and a
+    429 or an exhausted ``X-RateLimit-Remaining`` pauses them all.
 
     Requests are admitted to the connection pool in arrival order (aiohttp's own pool lets
     later requests overtake, so under load a few can wait for as long as the load lasts): at
@@ -72,7 +77,13 @@ class Client:
     ``validate=False`` turns off the checks of documented rules (E.164 numbers, message
     length, HTTPS webhook URLs...) made before sending. ``clock`` and ``rng`` are injectable
     for tests (the backoff sleeps, the throttle and the admission timeout run on ``clock``).
-    Extra keyword arguments go to the :class:`TokenManager` the client makes (``deadline``,
+
+    ``store`` shares the token with other processes (or managers) through a
+    :class:`~apimw_async.stores.TokenStore` such as
+    :class:`~apimw_async.stores.redis.RedisTokenStore`: the client's token manager loads,
+    leases and saves the pair there. The store is yours: the client never closes it, so close
+    it after the client. Extra keyword arguments go to the
+    :class:`TokenManager` the client makes (``deadline``, ``request_timeout``, ``lease_ttl``,
     ``refresh_policy``, ``on_token``...).
     """
 
@@ -92,8 +103,10 @@ class Client:
         fair_admission: bool = True,
         max_connections: int | None = None,
         admission_timeout: float | None = None,
+        rate_limiter: RateLimiter | None = None,
         validate: bool = True,
         rng: random.Random | None = None,
+        store: TokenStore | None = None,
         **token_options: Any,
     ) -> None:
         if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
@@ -113,17 +126,17 @@ class Client:
                 allow_insecure_http=allow_insecure_http,
                 clock=clock,
                 retry_policy=self._retry,
+                store=store,
                 **token_options,
             )
             self._owns_tokens = True
         else:
-            if credentials is not None or token_options:
+            if credentials is not None or token_options or store is not None:
                 raise ConfigurationError(
-                    "pass either a token_manager or credentials and token options, not both"
+                    "pass either a token_manager or credentials, store and token options, not both"
                 )
             self._owns_tokens = False
-        if timeout <= 0:
-            raise ConfigurationError("timeout must be positive")
+        timeout = seconds("timeout", timeout)
         self._tokens = token_manager
         # Backoff and throttle run on the client's clock: the token manager's unless given.
         self._clock: Clock = clock or token_manager.clock
@@ -144,6 +157,12 @@ class Client:
                 raise ConfigurationError(
                     "max_requests_per_minute must be a positive integer"
                 ) from None
+        if rate_limiter is not None and not isinstance(rate_limiter, RateLimiter):
+            raise ConfigurationError(
+                "rate_limiter needs async acquire(key), release(key, slot) and pause(key, "
+                "seconds) methods (e.g. apimw_async.stores.redis.RedisRateLimiter)"
+            )
+        self._limiter = rate_limiter
         self._validate = bool(validate)
         self._fair = bool(fair_admission)
         self._max_connections = check_limit(max_connections)
@@ -205,6 +224,11 @@ class Client:
     def throttle(self) -> Throttle | None:
         """The client-side throttle, if ``max_requests_per_minute`` was given."""
         return self._throttle
+
+    @property
+    def rate_limiter(self) -> RateLimiter | None:
+        """The fleet-wide rate limiter, if one was given."""
+        return self._limiter
 
     @property
     def clock(self) -> Clock:
@@ -318,10 +342,13 @@ class Client:
                 # Admitted in arrival order before taking the token: a token read after a
                 # long queue would be closer to its expiry.
                 await gate.acquire(timeout=self._admission_timeout)
+            slot: str | None = None
             try:
                 token = await self._tokens.get_token()
+                if self._limiter is not None:
+                    slot, token = await self._take_slot()
                 headers, redact = self._bearer(token)
-                return await send(
+                response = await send(
                     session,
                     method,
                     url,
@@ -332,12 +359,23 @@ class Client:
                     redact=redact,
                     on_headers=self._on_headers,
                 )
+                if slot is not None:
+                    await self._end_slot(slot, response)
+                    slot = None
+                return response
             except AccessTokenError:
                 if replayed:
                     raise
                 replayed = True
                 await self._tokens.invalidate(token)
+            except APIMWError as exc:
+                if slot is not None:
+                    await self._end_slot(slot, exc)
+                    slot = None
+                raise
             finally:
+                if slot is not None:  # cancelled or failed unexpectedly: the slot still ends
+                    await self._end_slot(slot, None)
                 if gate is not None:
                     gate.release()
 
@@ -366,6 +404,32 @@ class Client:
         redact = (token.access_token,)
         self._bearer_cache = (token, headers, redact)
         return headers, redact
+
+    async def _take_slot(self) -> tuple[str, Token]:
+        """A slot of the fleet-wide rate limiter, taken with the token in hand, and the token
+        to send with (the wait for the slot may have outlived the one held before)."""
+        assert self._limiter is not None
+        slot = await self._limiter.acquire(self._tokens.store_key)
+        try:
+            return slot, await self._tokens.get_token()
+        except BaseException:
+            await self._limiter.release(self._tokens.store_key, slot)
+            raise
+
+    async def _end_slot(self, slot: str, outcome: ApiResponse | BaseException | None) -> None:
+        """Release ``slot``; first pause the fleet when the answer says the quota is spent."""
+        assert self._limiter is not None
+        key = self._tokens.store_key
+        try:
+            if isinstance(outcome, RateLimitError):
+                await self._limiter.pause(key, advised_wait(outcome, now=self._clock.time()))
+            elif isinstance(outcome, ApiResponse) and "X-RateLimit-Remaining" in outcome.headers:
+                now = self._clock.time()
+                info = RateLimitInfo.from_headers(outcome.headers, now=now)
+                if info.remaining is not None and info.remaining <= 0:
+                    await self._limiter.pause(key, info.reset_in(now))
+        finally:
+            await self._limiter.release(key, slot)
 
     def _url(self, path: str, encoded: bool) -> URL:
         # Parsing a URL costs more than the rest of the request's bookkeeping: keep the

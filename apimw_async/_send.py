@@ -4,6 +4,8 @@ goes through the envelope parser. No retries here (:mod:`._retry` decides those)
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -94,19 +96,17 @@ async def send(
             status = resp.status
             resp_headers = resp.headers
     except aiohttp.ConnectionTimeoutError as exc:
-        failure = APITimeoutError(f"{method} {_path(url)}: connect timed out", sent=False)
+        failure = APITimeoutError(f"{method} {_target(url)}: connect timed out", sent=False)
         cause = exc
     except asyncio.TimeoutError as exc:
-        failure, cause = APITimeoutError(f"{method} {_path(url)}: timed out"), exc
+        failure, cause = APITimeoutError(f"{method} {_target(url)}: timed out"), exc
     except aiohttp.ClientConnectorError as exc:
         failure = APIConnectionError(
-            f"{method} {_path(url)}: cannot connect ({type(exc).__name__})", sent=False
+            f"{method} {_target(url)}: cannot connect ({_reason(exc)})", sent=False
         )
         cause = exc
     except (aiohttp.ClientError, OSError) as exc:
-        failure = APIConnectionError(
-            f"{method} {_path(url)}: connection failed ({type(exc).__name__})"
-        )
+        failure = APIConnectionError(f"{method} {_target(url)}: connection failed ({_reason(exc)})")
         cause = exc
     except RuntimeError as exc:
         if not session.closed:
@@ -119,6 +119,35 @@ async def send(
     if on_headers is not None:
         on_headers(resp_headers)
     return parse_response(status, resp_headers, body, bearer=bearer, redact=redact)
+
+
+def _target(url: str | URL) -> str:
+    # Transport errors name the host and port tried (a mistyped base URL shows), never the
+    # query string.
+    try:
+        parsed = URL(url)
+        host = parsed.raw_host or ""
+        host = f"[{host}]" if ":" in host else host
+        return f"{parsed.scheme}://{host}:{parsed.port}{parsed.raw_path}"
+    except (ValueError, TypeError):
+        return _path(url)
+
+
+def _reason(exc: BaseException) -> str:
+    """``Connection refused``, ``Name or service not known``...: the OS's word, if any."""
+    os_error = getattr(exc, "os_error", None)
+    for error in (os_error, exc):
+        if not isinstance(error, OSError):
+            continue
+        if (
+            not isinstance(error, socket.gaierror)
+            and isinstance(error.errno, int)
+            and error.errno > 0
+        ):
+            return os.strerror(error.errno)  # asyncio's strerror is "Connect call failed (...)"
+        if error.strerror:
+            return str(error.strerror)
+    return type(exc).__name__
 
 
 def _path(url: str | URL) -> str:

@@ -24,11 +24,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def normalize_base_url(base_url: str, *, allow_insecure_http: bool = False) -> str:
+def normalize_base_url(
+    base_url: str,
+    *,
+    allow_insecure_http: bool = False,
+    insecure_hint: str = "pass allow_insecure_http=True",
+) -> str:
     """Check a base URL and return it without a trailing slash.
 
     HTTPS is required; plain ``http`` is accepted for loopback hosts (the bundled fake server)
-    or with ``allow_insecure_http=True``.
+    or with ``allow_insecure_http=True``. ``insecure_hint`` is how the refusal tells the user to
+    opt in (the CLI names its flag).
     """
     try:
         url = URL(base_url)
@@ -43,6 +49,6 @@ def normalize_base_url(base_url: str, *, allow_insecure_http: bool = False) -> s
     if url.scheme == "http" and not (is_loopback(url.host) or allow_insecure_http):
         raise ConfigurationError(
             f"refusing plain-http base_url for non-loopback host {url.host!r}: APIMW requires "
-            "HTTPS; pass allow_insecure_http=True to override (never in production)"
+            f"HTTPS; {insecure_hint} to override (never in production)"
         )
     return str(url).rstrip("/")

@@ -3,8 +3,16 @@
 ``apimw-async demo`` shows the token lifecycle under load against the bundled fake server;
 ``apimw-async fake-server`` runs that server on its own, for trying the SDK by hand. The API
 commands (``token``, ``me``, ``send``, ``status``, ``templates``) read ``APIMW_API_KEY``,
-``APIMW_API_SECRET`` and ``APIMW_BASE_URL`` from the environment; errors end them with exit
-code 1 and one line on stderr: ``apimw-async: <ErrorType>: <message>``.
+``APIMW_API_SECRET`` and ``APIMW_BASE_URL`` from the environment (``--base-url`` overrides the
+last).
+
+Behaviour a script can rely on: an error ends a command with exit code 1 and exactly one line on
+stderr, ``apimw-async: <ErrorType>: <message>``; a usage error exits 2, Ctrl-C 130. Output cut
+short by a closed pipe (``apimw-async templates | head -3``) ends quietly with exit code 141
+(128 + SIGPIPE, what a shell reports for a command killed by a closed pipe, so ``set -o
+pipefail`` still sees that the output was not all read). The SDK's log records are not printed
+unless ``--verbose`` is given. On a terminal, a command that has had no answer for 2 s says
+once that it is still retrying.
 """
 
 from __future__ import annotations
@@ -14,16 +22,49 @@ import asyncio
 import datetime
 import enum
 import json
+import logging
+import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TextIO
 
 import attrs
+from yarl import URL
 
+from ._clock import SYSTEM_CLOCK, Clock
+from ._config import DEFAULT_BASE_URL, DEFAULT_TOKEN_DEADLINE, ENV_BASE_URL, LOGGER_NAME
 from ._errors import APIMWError
+from ._http import normalize_base_url
 from ._version import __version__
 
+if TYPE_CHECKING:
+    from ._client import Client
+
 __all__ = ["main"]
+
+#: Exit codes (besides 0): an API or configuration error, a usage error, Ctrl-C, a closed pipe.
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+
+#: After this long without an answer, a terminal user is told the command is still retrying.
+SLOW_NOTICE_AFTER = 2.0
+
+_DESCRIPTION = "Try the APIMW WhatsApp API from the shell, or run the bundled fake server."
+_EPILOG = f"""\
+environment:
+  APIMW_API_KEY, APIMW_API_SECRET  credentials of the API commands
+  APIMW_BASE_URL                   API base URL (default {DEFAULT_BASE_URL})
+
+exit codes:
+  0 success, {EXIT_ERROR} API or configuration error (one line on stderr), {EXIT_USAGE} usage \
+error,
+  {EXIT_INTERRUPTED} interrupted (Ctrl-C), {EXIT_BROKEN_PIPE} output cut short by a closed pipe
+
+Try it without an account: run `apimw-async fake-server` in one shell, export the
+three variables it prints in another, then `apimw-async me`."""
 
 
 def _rate(text: str) -> float:
@@ -41,64 +82,167 @@ def _positive(text: str) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="apimw-async", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"apimw-async {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="apimw-async",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"apimw-async {__version__}",
+        help="print the version",
+    )
+    sub = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="what to do (COMMAND --help: its options)",
+    )
 
-    demo = sub.add_parser("demo", help="token lifecycle under load against the fake server")
-    demo.add_argument("--workers", type=int, default=200, help="concurrent workers (200)")
-    demo.add_argument("--duration", type=_positive, default=10.0, help="seconds to run (10)")
+    demo = sub.add_parser(
+        "demo",
+        help="token lifecycle under load against the fake server",
+        description="Run many workers against the bundled fake server while tokens expire, "
+        "and report the token calls, latencies and errors.",
+    )
+    demo.add_argument(
+        "--workers", metavar="N", type=int, default=200, help="concurrent workers (200)"
+    )
+    demo.add_argument(
+        "--duration", metavar="SECONDS", type=_positive, default=10.0, help="seconds to run (10)"
+    )
     demo.add_argument(
         "--token-lifetime",
+        metavar="SECONDS",
         type=_positive,
         default=3.0,
         help="expires_in of issued tokens, seconds (3)",
     )
     demo.add_argument(
         "--token-latency",
+        metavar="SECONDS",
         type=float,
         default=0.05,
         help="latency of the token endpoints, seconds (0.05)",
     )
-    demo.add_argument("--fail-500", type=_rate, default=0.0, help="rate of 500s on token calls")
-    demo.add_argument("--fail-429", type=_rate, default=0.0, help="rate of 429s on token calls")
     demo.add_argument(
-        "--drop", type=_rate, default=0.0, help="rate of dropped connections on token calls"
+        "--fail-500", metavar="RATE", type=_rate, default=0.0, help="rate of 500s on token calls"
     )
-    demo.add_argument("--seed", type=int, default=None, help="seed for the fault rates")
+    demo.add_argument(
+        "--fail-429", metavar="RATE", type=_rate, default=0.0, help="rate of 429s on token calls"
+    )
+    demo.add_argument(
+        "--drop",
+        metavar="RATE",
+        type=_rate,
+        default=0.0,
+        help="rate of dropped connections on token calls",
+    )
+    demo.add_argument(
+        "--seed", metavar="N", type=int, default=None, help="seed for the fault rates"
+    )
     demo.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    output = argparse.ArgumentParser(add_help=False)
-    output.add_argument("--json", action="store_true", help="print the result as JSON")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print the result as JSON")
+    common.add_argument(
+        "--base-url",
+        metavar="URL",
+        default=None,
+        help=f"API base URL (default: $APIMW_BASE_URL, else {DEFAULT_BASE_URL})",
+    )
+    common.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="accept a plain-http base URL on a non-loopback host (never in production)",
+    )
+    common.add_argument(
+        "--timeout",
+        type=_positive,
+        default=DEFAULT_TOKEN_DEADLINE,
+        metavar="SECONDS",
+        help=f"give up after retrying this long without an answer ({DEFAULT_TOKEN_DEADLINE:g})",
+    )
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also log the SDK's token and retry events to stderr",
+    )
 
     token = sub.add_parser(
         "token",
-        parents=[output],
+        parents=[common],
         help="obtain an access token and describe it (type, lifetime, fingerprint)",
+        description="Obtain an access token and describe it; the token itself is printed "
+        "only with --show.",
     )
     token.add_argument(
         "--show", action="store_true", help="also print the access token itself (a secret)"
     )
-    sub.add_parser("me", parents=[output], help="the user, tenant and permissions of the key")
-    send = sub.add_parser("send", parents=[output], help="send a WhatsApp text message")
+    sub.add_parser(
+        "me",
+        parents=[common],
+        help="the user, tenant and permissions of the key",
+        description="Show the user, tenant and permissions of the API key (GET /auth/me).",
+    )
+    send = sub.add_parser(
+        "send",
+        parents=[common],
+        help="send a WhatsApp text message",
+        description="Send a WhatsApp text message; prints its id and status.",
+    )
     send.add_argument("--to", required=True, help="recipient in E.164, e.g. +1234567890")
     send.add_argument("--message", required=True, help="the text (at most 4096 characters)")
     send.add_argument("--preview-url", action="store_true", help="render link previews")
-    status = sub.add_parser("status", parents=[output], help="a sent message's status")
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="a sent message's status",
+        description="Show the status of a sent message (sent, delivered, read or failed).",
+    )
     status.add_argument("message_id", help="the id a send returned (wamid....)")
     templates = sub.add_parser(
-        "templates", parents=[output], help="list the message templates, every page"
+        "templates",
+        parents=[common],
+        help="list the message templates, every page",
+        description="List the message templates, every page, optionally filtered.",
     )
     templates.add_argument(
-        "--status", type=str.upper, choices=("APPROVED", "PENDING", "REJECTED"), default=None
+        "--status",
+        type=str.upper,
+        choices=("APPROVED", "PENDING", "REJECTED"),
+        default=None,
+        help="only templates with this status (any case)",
     )
     templates.add_argument("--category", default=None, help="e.g. TRANSACTIONAL, MARKETING")
 
-    fake = sub.add_parser("fake-server", help="run the bundled fake APIMW server")
-    fake.add_argument("--host", default="127.0.0.1")
-    fake.add_argument("--port", type=int, default=8080)
-    fake.add_argument("--token-lifetime", type=_positive, default=3600.0)
-    fake.add_argument("--token-latency", type=float, default=0.0)
+    fake = sub.add_parser(
+        "fake-server",
+        help="run the bundled fake APIMW server",
+        description="Run the bundled fake APIMW server until Ctrl-C, and print the "
+        "environment variables that point the SDK and the API commands at it.",
+    )
+    fake.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    fake.add_argument(
+        "--port", metavar="PORT", type=int, default=8080, help="TCP port, 0 for a free one (8080)"
+    )
+    fake.add_argument(
+        "--token-lifetime",
+        metavar="SECONDS",
+        type=_positive,
+        default=3600.0,
+        help="expires_in of issued tokens, seconds (3600)",
+    )
+    fake.add_argument(
+        "--token-latency",
+        metavar="SECONDS",
+        type=float,
+        default=0.0,
+        help="extra delay of the token endpoints, seconds (0)",
+    )
     fake.add_argument(
         "--reuse-detection",
         action="store_true",
@@ -109,6 +253,19 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``apimw-async`` console script; returns the exit code."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # Flushed here (after --help's SystemExit too), so that a reader that went away
+            # is noticed now and not in the interpreter's flush at exit, which would print
+            # "Exception ignored ... BrokenPipeError".
+            sys.stdout.flush()
+    except BrokenPipeError:
+        return _broken_pipe()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
@@ -116,22 +273,69 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "fake-server":
             return _fake_server(args)
         if args.command in _API_COMMANDS:
-            return asyncio.run(_api(args))
+            with _logging(verbose=args.verbose):
+                return asyncio.run(
+                    _api(args, clock=SYSTEM_CLOCK, stderr=sys.stderr, tty=_isatty(sys.stderr))
+                )
     except APIMWError as exc:
-        message = " ".join(str(exc).split())  # one line, whatever the server said
-        print(f"apimw-async: {type(exc).__name__}: {message}", file=sys.stderr)
-        return 1
+        _fail(f"{type(exc).__name__}: {exc}")
+        return EXIT_ERROR
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     raise AssertionError(args.command)  # argparse allows only the commands above
+
+
+def _fail(message: str) -> None:
+    # One line, whatever the server said.
+    print(f"apimw-async: {' '.join(message.split())}", file=sys.stderr)
+
+
+def _broken_pipe() -> int:
+    # The reader went away (``| head``): nothing more can be shown, so no traceback either.
+    # Python's recipe: point stdout at devnull so the flush at exit cannot fail again.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (captured, replaced)
+        pass
+    return EXIT_BROKEN_PIPE
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # closed or not a real stream
+        return False
+
+
+@contextmanager
+def _logging(*, verbose: bool) -> Iterator[None]:
+    """``--verbose``: the SDK's records (INFO and up) on stderr, for this command only."""
+    if not verbose:
+        yield
+        return
+    logger = logging.getLogger(LOGGER_NAME)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("apimw-async: %(levelname)s %(name)s: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, format_table, progress_stream, run_demo
 
     if args.workers < 1:
-        print("apimw-async: --workers must be at least 1", file=sys.stderr)
-        return 2
+        _fail("--workers must be at least 1")
+        return EXIT_USAGE
     config = DemoConfig(
         workers=args.workers,
         duration=args.duration,
@@ -169,7 +373,11 @@ def _fake_server(args: argparse.Namespace) -> int:
             print(f"  export APIMW_API_SECRET={creds.api_secret}", flush=True)
             await asyncio.Event().wait()
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except OSError as exc:  # e.g. the port is taken
+        _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+        return EXIT_ERROR
     return 0
 
 
@@ -178,54 +386,107 @@ def _fake_server(args: argparse.Namespace) -> int:
 _API_COMMANDS = frozenset({"token", "me", "send", "status", "templates"})
 
 
-async def _api(args: argparse.Namespace) -> int:
-    from ._client import Client
+def _base_url(args: argparse.Namespace) -> str:
+    """The base URL to use, checked as the Client would, but naming the CLI's flag."""
+    base_url = args.base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
+    return normalize_base_url(
+        base_url,
+        allow_insecure_http=args.allow_insecure_http,
+        insecure_hint="pass --allow-insecure-http",
+    )
 
-    async with Client.from_env() as client:
-        if args.command == "token":
-            token = await client.tokens.get_token()
-            fields: dict[str, Any] = {
-                "token_type": token.token_type,
-                "expires_in": token.expires_in if args.json else f"{token.expires_in:g} s",
-                "fingerprint": token.fingerprint,
-            }
-            if args.show:
-                fields["access_token"] = token.access_token
-            _emit(args, fields)
-        elif args.command == "me":
-            me = await client.auth.me()
-            if args.json:
-                _emit(args, me)
-            else:
-                user, tenant = me.user, me.tenant
-                _emit(
-                    args,
-                    {
-                        "user": _described(user.id, user.email, user.name),
-                        "tenant": _described(tenant.id, tenant.name, tenant.plan, tenant.status),
-                        "permissions": ", ".join(me.permissions) or "-",
-                    },
-                )
-        elif args.command == "send":
-            sent = await client.whatsapp.send_text(
-                args.to, args.message, preview_url=args.preview_url
-            )
-            _emit(args, sent)
-        elif args.command == "status":
-            _emit(args, await client.whatsapp.get_status(args.message_id))
-        else:
-            found = [
-                t
-                async for t in client.whatsapp.list_templates(
-                    status=args.status, category=args.category
-                )
-            ]
-            if args.json:
-                _emit(args, found)
-            else:
-                rows = [(t.name, t.language or "-", t.raw_status, t.category or "-") for t in found]
-                _table(("NAME", "LANGUAGE", "STATUS", "CATEGORY"), rows)
+
+def _host(base_url: str) -> str:
+    url = URL(base_url)
+    host = url.raw_host or ""
+    return f"[{host}]:{url.port}" if ":" in host else f"{host}:{url.port}"
+
+
+async def _api(args: argparse.Namespace, *, clock: Clock, stderr: TextIO, tty: bool) -> int:
+    """Run one API command; ``clock`` and ``tty`` (is stderr a terminal) are injectable."""
+    from ._client import Client
+    from ._retry import RetryPolicy
+
+    base_url = _base_url(args)
+    async with Client.from_env(
+        base_url=base_url,
+        allow_insecure_http=args.allow_insecure_http,
+        clock=clock,
+        timeout=args.timeout,
+        retry_policy=RetryPolicy(max_wait=args.timeout),
+        deadline=args.timeout,
+    ) as client:
+        notice = (
+            asyncio.ensure_future(_slow_notice(client, clock, stderr, _host(base_url), args))
+            if tty
+            else None
+        )
+        try:
+            await _command(client, args)
+        finally:
+            if notice is not None:
+                notice.cancel()
+                await asyncio.gather(notice, return_exceptions=True)
     return 0
+
+
+async def _slow_notice(
+    client: Client, clock: Clock, stderr: TextIO, host: str, args: argparse.Namespace
+) -> None:
+    """Tell a terminal user, once, that a command without an answer yet is still retrying."""
+    await clock.sleep(SLOW_NOTICE_AFTER)
+    if client.tokens.stats.tokens_obtained == 0:
+        left = max(0.0, args.timeout - SLOW_NOTICE_AFTER)
+        print(
+            f"apimw-async: no answer from {host} yet, still retrying "
+            f"(giving up in {left:.0f} s; Ctrl-C to stop)",
+            file=stderr,
+            flush=True,
+        )
+
+
+async def _command(client: Client, args: argparse.Namespace) -> None:
+    if args.command == "token":
+        token = await client.tokens.get_token()
+        fields: dict[str, Any] = {
+            "token_type": token.token_type,
+            "expires_in": token.expires_in if args.json else f"{token.expires_in:g} s",
+            "fingerprint": token.fingerprint,
+        }
+        if args.show:
+            fields["access_token"] = token.access_token
+        _emit(args, fields)
+    elif args.command == "me":
+        me = await client.auth.me()
+        if args.json:
+            _emit(args, me)
+        else:
+            user, tenant = me.user, me.tenant
+            _emit(
+                args,
+                {
+                    "user": _described(user.id, user.email, user.name),
+                    "tenant": _described(tenant.id, tenant.name, tenant.plan, tenant.status),
+                    "permissions": ", ".join(me.permissions) or "-",
+                },
+            )
+    elif args.command == "send":
+        sent = await client.whatsapp.send_text(args.to, args.message, preview_url=args.preview_url)
+        _emit(args, sent)
+    elif args.command == "status":
+        _emit(args, await client.whatsapp.get_status(args.message_id))
+    else:
+        found = [
+            t
+            async for t in client.whatsapp.list_templates(
+                status=args.status, category=args.category
+            )
+        ]
+        if args.json:
+            _emit(args, found)
+        else:
+            rows = [(t.name, t.language or "-", t.raw_status, t.category or "-") for t in found]
+            _table(("NAME", "LANGUAGE", "STATUS", "CATEGORY"), rows)
 
 
 def _described(first: str, *details: str | None) -> str:

@@ -8,6 +8,10 @@ repetitions; each run gets a fresh fake server. Options: ``--quick`` (about a mi
 ``benchmarks/expiry_latency.png`` by default), ``--markdown PATH`` (the tables) and
 ``--profile DIR`` (pyinstrument profiles of the apimw_async hot path, if pyinstrument is
 installed).
+
+The peers (authlib, azure-core, httpx) and matplotlib come from the ``bench`` extra
+(``pip install -e '.[bench]'``). Without them the rows that need them are left out, the run
+says so, and everything else still runs; ``--help`` works either way.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import asyncio
 import datetime
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
@@ -31,11 +36,13 @@ from .report import render, summarize
 from .server import InProcessServers, ProcessServers, ServerFactory
 from .strategies import (
     ALL,
+    BENCH_EXTRA,
     EVERY,
     MAIN,
     OVERSUBSCRIPTION,
     THROUGHPUT,
     TRANSPORT_BASELINES,
+    UNAVAILABLE,
     Strategy,
     by_name,
 )
@@ -47,7 +54,11 @@ DEFAULT_PLOT = HERE / "expiry_latency.png"
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__.replace("``", ""),  # plain text on a terminal
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -171,6 +182,7 @@ def _meta(args: argparse.Namespace, servers: ServerFactory, reps: int) -> dict[s
             )
         },
         "server": servers.where,
+        "unavailable": dict(UNAVAILABLE),
         "quick": bool(args.quick),
         "reps": reps,
         "nofile": _raise_nofile(),
@@ -186,8 +198,13 @@ def _select(args: argparse.Namespace) -> tuple[list[str], tuple[type[Strategy], 
             raise SystemExit(f"unknown workload(s): {', '.join(unknown)}")
     chosen: tuple[type[Strategy], ...] | None = None
     if args.strategies:
+        names = [s.strip() for s in args.strategies.split(",") if s.strip()]
+        missing = [n for n in names if n in UNAVAILABLE]
+        if missing:
+            needs = ", ".join(f"{n} needs {UNAVAILABLE[n]}" for n in missing)
+            raise SystemExit(f"{needs}, which is not installed: {BENCH_EXTRA}")
         try:
-            chosen = tuple(by_name(s.strip()) for s in args.strategies.split(",") if s.strip())
+            chosen = tuple(by_name(name) for name in names)
         except KeyError as exc:
             names = ", ".join(s.name for s in EVERY)
             raise SystemExit(f"unknown strategy {exc}; choose from: {names}") from None
@@ -275,10 +292,33 @@ def _reprint(path: Path) -> int:
     return 0
 
 
+def _missing_extra() -> str | None:
+    """One line naming what the ``bench`` extra would add, or ``None`` if it is installed."""
+    if not UNAVAILABLE:
+        return None
+    modules = sorted(set(UNAVAILABLE.values()))
+    rows = ", ".join(UNAVAILABLE)
+    return (
+        f"note: left out the {rows} rows ({', '.join(modules)} not installed); "
+        f"for every row: {BENCH_EXTRA}"
+    )
+
+
+def _has_matplotlib() -> bool:
+    try:
+        return importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.from_json:
         return _reprint(args.from_json)
+    _select(args)  # a bad --only / --strategies ends here, before anything is printed
+    missing = _missing_extra()
+    if missing is not None:
+        print(missing, file=sys.stderr, flush=True)
     # Every library logs at ERROR only, so that retries and background-refresh warnings of
     # any strategy cost the same (nothing) and do not flood the terminal.
     logging.basicConfig(level=logging.ERROR)
@@ -299,11 +339,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(tables)
+    if missing is not None:
+        print(missing)
     if args.json:
         _save(args.json, meta, runs)
         print(f"results saved to {args.json}")
     plot_path = args.plot or (None if args.quick else DEFAULT_PLOT)
-    if plot_path is not None and not args.no_plot:
+    if plot_path is not None and not args.no_plot and not _has_matplotlib():
+        print(f"no plot: matplotlib is not installed ({BENCH_EXTRA})")
+    elif plot_path is not None and not args.no_plot:
         from .plot import plot_expiry
 
         title = (

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
+import aiohttp
 import pytest
 
 from apimw_async import FakeClock
 from apimw_async.testing import FakeAPIMW
+from tests.fake_http import get_token
 
 T = TypeVar("T")
 
@@ -33,6 +35,19 @@ def timed_fake(apimw_fake: FakeAPIMW, apimw_clock: FakeClock) -> FakeAPIMW:
     """A fake server whose token expiry runs on the test's FakeClock."""
     assert apimw_fake.clock is apimw_clock
     return apimw_fake
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A bare aiohttp session, to talk to the fake server without the SDK."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def token(http: aiohttp.ClientSession, fake: FakeAPIMW) -> str:
+    """An access token of ``fake``, fetched with ``http``."""
+    return await get_token(http, fake)
 
 
 async def drive(clock: FakeClock, *aws: Awaitable[Any], sleepers: int = 1) -> list[Any]:

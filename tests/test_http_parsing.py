@@ -7,10 +7,12 @@ import email.utils
 import json
 import math
 import random
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -44,8 +46,9 @@ from apimw_async import (
     TokenUnavailableError,
 )
 from apimw_async._auth_api import TokenGrant
-from apimw_async._http import normalize_base_url, parse_response, parse_retry_after
+from apimw_async._http import normalize_base_url, parse_response, parse_retry_after, send
 from apimw_async._retry import Outcome, is_transient, outcome_of
+from apimw_async._send import _target
 
 PROPERTY = settings(
     max_examples=200,
@@ -1074,3 +1077,34 @@ def test_current_user_any_json_is_valid_or_malformed(value: Any) -> None:
     assert all(isinstance(p, str) for p in me.permissions)
     for field in (me.user.email, me.user.name, me.tenant.name, me.tenant.plan, me.tenant.status):
         assert field is None or isinstance(field, str)
+
+
+# --- transport errors name what was tried ----------------------------------------------------
+
+
+async def test_a_refused_connection_names_the_host_port_and_reason() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(APIConnectionError) as caught:
+            await send(session, "POST", f"http://127.0.0.1:{port}/v1/auth/token?secret=x")
+    message = str(caught.value)
+    assert (
+        message
+        == f"POST http://127.0.0.1:{port}/v1/auth/token: cannot connect (Connection refused)"
+    )
+    assert caught.value.sent is False
+    assert "secret" not in message  # never the query string
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://api.apimw.com/v1/auth/token", "https://api.apimw.com:443/v1/auth/token"),
+        ("http://[::1]:8080/v1/x?q=1", "http://[::1]:8080/v1/x"),
+        ("http://127.0.0.1:9/v1/a%2Fb", "http://127.0.0.1:9/v1/a%2Fb"),
+    ],
+)
+def test_transport_errors_show_scheme_host_port_and_path(url: str, shown: str) -> None:
+    assert _target(url) == shown

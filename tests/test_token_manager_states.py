@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -22,22 +24,43 @@ from apimw_async import (
     RateLimitError,
     RefreshPolicy,
     ServerError,
+    TokenManager,
     TokenUnavailableError,
 )
 
-from .scripted import scripted_manager, settle
+from .scripted import ScriptedAuth, scripted_manager, settle
+
+Manager = Callable[..., tuple[TokenManager, ScriptedAuth]]
 
 
 @pytest.fixture
 def clock() -> FakeClock:
+    """A clock that moves only when a test advances it: these tests check what happens (and
+    what does not) at each instant, with no fake server involved."""
     return FakeClock()
+
+
+@pytest.fixture
+async def manager(clock: FakeClock) -> AsyncIterator[Manager]:
+    """``manager(**options)``: a TokenManager on ``clock`` with a scripted auth API; every one
+    made is closed after the test, whether it passed or failed."""
+    made: list[TokenManager] = []
+
+    def make(**options: Any) -> tuple[TokenManager, ScriptedAuth]:
+        tm, auth = scripted_manager(clock, **options)
+        made.append(tm)
+        return tm, auth
+
+    yield make
+    for tm in made:
+        await tm.aclose()
 
 
 # --- 1. single flight ------------------------------------------------------------------------
 
 
-async def test_cold_burst_makes_exactly_one_call(clock: FakeClock) -> None:
-    tm, auth = scripted_manager(clock)
+async def test_cold_burst_makes_exactly_one_call(clock: FakeClock, manager: Manager) -> None:
+    tm, auth = manager()
     waiters = [asyncio.create_task(tm.get_token()) for _ in range(1000)]
     call = await auth.next_call()
     await settle()
@@ -47,11 +70,12 @@ async def test_cold_burst_makes_exactly_one_call(clock: FakeClock) -> None:
     assert {t.access_token for t in tokens} == {"at1"}
     assert tm.stats.token_calls == 1
     assert tm.stats.refresh_calls == 0
-    await tm.aclose()
 
 
-async def test_expired_cache_burst_makes_exactly_one_refresh(clock: FakeClock) -> None:
-    tm, auth = scripted_manager(clock)
+async def test_expired_cache_burst_makes_exactly_one_refresh(
+    clock: FakeClock, manager: Manager
+) -> None:
+    tm, auth = manager()
     first = asyncio.create_task(tm.get_token())
     (await auth.next_call()).succeed("at1", expires_in=100)
     await first
@@ -63,25 +87,25 @@ async def test_expired_cache_burst_makes_exactly_one_refresh(clock: FakeClock) -
     assert len(auth.calls) == 2
     call.succeed("at2")
     assert {t.access_token for t in await asyncio.gather(*waiters)} == {"at2"}
-    await tm.aclose()
 
 
 # --- 2. stale-while-refresh ------------------------------------------------------------------
 
 
-async def test_fresh_token_is_returned_without_any_call(clock: FakeClock) -> None:
-    tm, auth = scripted_manager(clock)
+async def test_fresh_token_is_returned_without_any_call(clock: FakeClock, manager: Manager) -> None:
+    tm, auth = manager()
     auth.answer_automatically(expires_in=100)
     token = await tm.get_token()
     for _ in range(100):
         clock.advance(0.5)  # 50 s: well before the refresh window
         assert await tm.get_token() is token
     assert len(auth.calls) == 1
-    await tm.aclose()
 
 
-async def test_stale_token_is_served_while_one_background_refresh_runs(clock: FakeClock) -> None:
-    tm, auth = scripted_manager(clock, rng=random.Random(1))
+async def test_stale_token_is_served_while_one_background_refresh_runs(
+    clock: FakeClock, manager: Manager
+) -> None:
+    tm, auth = manager(rng=random.Random(1))
     start = asyncio.create_task(tm.get_token())
     (await auth.next_call()).succeed("at1", expires_in=100)
     old = await start
@@ -100,7 +124,6 @@ async def test_stale_token_is_served_while_one_background_refresh_runs(clock: Fa
     await settle()
     assert (await tm.get_token()).access_token == "at2"
     assert tm.stats.background_refreshes == 1
-    await tm.aclose()
 
 
 async def test_waits_tell_a_missing_token_from_a_refresh_that_came_too_late(
@@ -138,9 +161,9 @@ async def test_waits_tell_a_missing_token_from_a_refresh_that_came_too_late(
     ("lifetime", "step", "lives"), [(2.0, 0.05, 25), (3600.0, 20.0, 10), (86400.0, 60.0, 3)]
 )
 async def test_one_call_per_lifetime_when_crossing_expiry_many_times(
-    clock: FakeClock, lifetime: float, step: float, lives: int
+    clock: FakeClock, manager: Manager, lifetime: float, step: float, lives: int
 ) -> None:
-    tm, auth = scripted_manager(clock, rng=random.Random(7))
+    tm, auth = manager(rng=random.Random(7))
     auth.answer_automatically(expires_in=lifetime)
     await tm.get_token()
     for _ in range(round(lives * lifetime / step)):
@@ -159,7 +182,6 @@ async def test_one_call_per_lifetime_when_crossing_expiry_many_times(
     assert refreshes <= lives * lifetime / (lifetime - window_max - step) + 1
     assert tm.stats.tokens_obtained == len(auth.calls)
     assert tm.stats.background_refreshes == refreshes
-    await tm.aclose()
 
 
 async def test_refresh_window_bounds_for_short_and_long_tokens() -> None:
@@ -178,9 +200,10 @@ async def test_refresh_window_bounds_for_short_and_long_tokens() -> None:
 
 async def test_token_arriving_inside_its_window_does_not_cause_a_refresh_loop(
     clock: FakeClock,
+    manager: Manager,
 ) -> None:
     # A server that keeps answering with tokens already inside the refresh window.
-    tm, auth = scripted_manager(clock, refresh_policy=RefreshPolicy(fraction=0.5))
+    tm, auth = manager(refresh_policy=RefreshPolicy(fraction=0.5))
     first = asyncio.create_task(tm.get_token())
     call = await auth.next_call()
     clock.advance(3.0)  # a slow answer: 3 s of a 4-s lifetime gone on the way
@@ -190,14 +213,15 @@ async def test_token_arriving_inside_its_window_does_not_cause_a_refresh_loop(
         await tm.get_token()
         await settle()
     assert len(auth.calls) == 1  # no background refresh storm
-    await tm.aclose()
 
 
 # --- 3. single-use refresh tokens --------------------------------------------------------------
 
 
-async def test_rotated_refresh_token_is_used_and_the_old_one_never_again(clock: FakeClock) -> None:
-    tm, auth = scripted_manager(clock)
+async def test_rotated_refresh_token_is_used_and_the_old_one_never_again(
+    clock: FakeClock, manager: Manager
+) -> None:
+    tm, auth = manager()
     auth.answer_automatically(expires_in=10)
     for _ in range(6):
         await tm.get_token()
@@ -205,7 +229,6 @@ async def test_rotated_refresh_token_is_used_and_the_old_one_never_again(clock: 
     await tm.get_token()
     sent = [c.arg for c in auth.calls if c.kind == "refresh"]
     assert sent == ["rt_at1", "rt_at2", "rt_at3", "rt_at4", "rt_at5", "rt_at6"]
-    await tm.aclose()
 
 
 @pytest.mark.parametrize(
@@ -219,9 +242,9 @@ async def test_rotated_refresh_token_is_used_and_the_old_one_never_again(clock: 
     ids=["timeout", "reset", "5xx", "malformed"],
 )
 async def test_refresh_with_unknown_outcome_is_never_resent(
-    clock: FakeClock, lost: Exception
+    clock: FakeClock, manager: Manager, lost: Exception
 ) -> None:
-    tm, auth = scripted_manager(clock)
+    tm, auth = manager()
     first = asyncio.create_task(tm.get_token())
     (await auth.next_call()).succeed("at1", expires_in=10)
     await first
@@ -243,7 +266,6 @@ async def test_refresh_with_unknown_outcome_is_never_resent(
     assert (await waiter).access_token == "at2"
     assert tm.stats.fallbacks == 1
     assert [c.arg for c in auth.calls if c.kind == "refresh"] == ["rt_at1"]
-    await tm.aclose()
 
 
 @pytest.mark.parametrize(
@@ -255,9 +277,9 @@ async def test_refresh_with_unknown_outcome_is_never_resent(
     ids=["429", "refused"],
 )
 async def test_refresh_the_server_never_saw_is_sent_again(
-    clock: FakeClock, rejected: Exception
+    clock: FakeClock, manager: Manager, rejected: Exception
 ) -> None:
-    tm, auth = scripted_manager(clock)
+    tm, auth = manager()
     first = asyncio.create_task(tm.get_token())
     (await auth.next_call()).succeed("at1", expires_in=10)
     await first
@@ -271,11 +293,12 @@ async def test_refresh_the_server_never_saw_is_sent_again(
     retry.succeed("at2")
     assert (await waiter).access_token == "at2"
     assert tm.stats.fallbacks == 0
-    await tm.aclose()
 
 
-async def test_invalid_refresh_token_falls_back_to_credentials_at_once(clock: FakeClock) -> None:
-    tm, auth = scripted_manager(clock)
+async def test_invalid_refresh_token_falls_back_to_credentials_at_once(
+    clock: FakeClock, manager: Manager
+) -> None:
+    tm, auth = manager()
     first = asyncio.create_task(tm.get_token())
     (await auth.next_call()).succeed("at1", expires_in=10)
     await first
@@ -291,29 +314,28 @@ async def test_invalid_refresh_token_falls_back_to_credentials_at_once(clock: Fa
     assert (await waiter).access_token == "at2"
     assert tm.stats.fallbacks == 1
     assert tm.stats.failures == 1
-    await tm.aclose()
 
 
-async def test_lapsed_refresh_token_is_not_sent(clock: FakeClock) -> None:
-    tm, auth = scripted_manager(clock)
+async def test_lapsed_refresh_token_is_not_sent(clock: FakeClock, manager: Manager) -> None:
+    tm, auth = manager()
     auth.answer_automatically(expires_in=3600)
     await tm.get_token()
     clock.advance(30 * 24 * 3600)  # the refresh token's 30 days are over
     await tm.get_token()
     assert auth.kinds() == ["token", "token"]
-    await tm.aclose()
 
 
-async def test_refresh_token_life_is_tracked_on_the_wall_clock(clock: FakeClock) -> None:
+async def test_refresh_token_life_is_tracked_on_the_wall_clock(
+    clock: FakeClock, manager: Manager
+) -> None:
     # The machine slept: the monotonic clock barely moved, the wall clock moved 31 days.
-    tm, auth = scripted_manager(clock)
+    tm, auth = manager()
     auth.answer_automatically(expires_in=60)
     await tm.get_token()
     clock.set_wall(clock.time() + 31 * 24 * 3600)
     clock.advance(60)
     await tm.get_token()
     assert auth.kinds() == ["token", "token"]
-    await tm.aclose()
 
 
 # --- 4. cancellation ---------------------------------------------------------------------------
@@ -321,8 +343,9 @@ async def test_refresh_token_life_is_tracked_on_the_wall_clock(clock: FakeClock)
 
 async def test_cancelling_the_caller_that_started_the_refresh_keeps_the_rotation(
     clock: FakeClock,
+    manager: Manager,
 ) -> None:
-    tm, auth = scripted_manager(clock)
+    tm, auth = manager()
     starter = asyncio.create_task(tm.get_token())
     call = await auth.next_call()
     others = [asyncio.create_task(tm.get_token()) for _ in range(10)]
@@ -343,11 +366,12 @@ async def test_cancelling_the_caller_that_started_the_refresh_keeps_the_rotation
     assert (refresh.kind, refresh.arg) == ("refresh", "rt_rotated")
     refresh.succeed("at2")
     assert (await waiter).access_token == "at2"
-    await tm.aclose()
 
 
-async def test_a_caller_timeout_does_not_cancel_the_acquisition(clock: FakeClock) -> None:
-    tm, auth = scripted_manager(clock)
+async def test_a_caller_timeout_does_not_cancel_the_acquisition(
+    clock: FakeClock, manager: Manager
+) -> None:
+    tm, auth = manager()
     impatient = asyncio.create_task(asyncio.wait_for(tm.get_token(), timeout=0.001))
     call = await auth.next_call()
     with pytest.raises(asyncio.TimeoutError):
@@ -355,13 +379,13 @@ async def test_a_caller_timeout_does_not_cancel_the_acquisition(clock: FakeClock
     call.succeed("at1")
     assert (await tm.get_token()).access_token == "at1"
     assert len(auth.calls) == 1
-    await tm.aclose()
 
 
 async def test_aclose_cancels_the_acquisition_and_waiters_get_a_typed_error(
     clock: FakeClock,
+    manager: Manager,
 ) -> None:
-    tm, auth = scripted_manager(clock)
+    tm, auth = manager()
     waiter = asyncio.create_task(tm.get_token())
     await auth.next_call()
     await tm.aclose()
@@ -372,9 +396,9 @@ async def test_aclose_cancels_the_acquisition_and_waiters_get_a_typed_error(
 
 
 async def test_failed_background_refresh_is_invisible_and_retried_later(
-    clock: FakeClock, caplog: pytest.LogCaptureFixture
+    clock: FakeClock, manager: Manager, caplog: pytest.LogCaptureFixture
 ) -> None:
-    tm, auth = scripted_manager(clock, deadline=5.0, rng=random.Random(5))
+    tm, auth = manager(deadline=5.0, rng=random.Random(5))
     first = asyncio.create_task(tm.get_token())
     (await auth.next_call()).succeed("at1", expires_in=100)
     token = await first
@@ -405,14 +429,15 @@ async def test_failed_background_refresh_is_invisible_and_retried_later(
     (await auth.next_call()).succeed("at2")
     await settle()
     assert (await tm.get_token()).access_token == "at2"
-    await tm.aclose()
 
 
 # --- 5. transient failures, deadlines, permanent failures --------------------------------------
 
 
-async def test_transient_failures_back_off_with_full_jitter_then_succeed(clock: FakeClock) -> None:
-    tm, auth = scripted_manager(clock, rng=random.Random(11))
+async def test_transient_failures_back_off_with_full_jitter_then_succeed(
+    clock: FakeClock, manager: Manager
+) -> None:
+    tm, auth = manager(rng=random.Random(11))
     waiter = asyncio.create_task(tm.get_token())
     waits = []
     for _ in range(3):
@@ -425,13 +450,13 @@ async def test_transient_failures_back_off_with_full_jitter_then_succeed(clock: 
     for attempt, wait in enumerate(waits):
         assert 0 <= wait <= 0.25 * 2**attempt
     assert tm.stats.failures == 3
-    await tm.aclose()
 
 
 async def test_persistent_failure_gives_a_typed_error_within_the_deadline(
     clock: FakeClock,
+    manager: Manager,
 ) -> None:
-    tm, auth = scripted_manager(clock, deadline=10.0)
+    tm, auth = manager(deadline=10.0)
     start = clock.monotonic()
     waiters = [asyncio.create_task(tm.get_token()) for _ in range(20)]
     while True:
@@ -446,11 +471,12 @@ async def test_persistent_failure_gives_a_typed_error_within_the_deadline(
         with pytest.raises(TokenUnavailableError) as info:
             await waiter
         assert isinstance(info.value.__cause__, APIConnectionError)
-    await tm.aclose()
 
 
-async def test_retry_after_is_honoured_as_one_shared_cool_down(clock: FakeClock) -> None:
-    tm, auth = scripted_manager(clock)
+async def test_retry_after_is_honoured_as_one_shared_cool_down(
+    clock: FakeClock, manager: Manager
+) -> None:
+    tm, auth = manager()
     waiter = asyncio.create_task(tm.get_token())
     (await auth.next_call()).fail(RateLimitError("HTTP 429", retry_after=3))
     await clock.wait_for_sleepers(1)
@@ -459,13 +485,13 @@ async def test_retry_after_is_honoured_as_one_shared_cool_down(clock: FakeClock)
     (await auth.next_call()).succeed("at1", expires_in=5)
     await waiter
     assert len(auth.calls) == 2
-    await tm.aclose()
 
 
 async def test_retry_after_beyond_the_deadline_fails_fast_with_retry_after(
     clock: FakeClock,
+    manager: Manager,
 ) -> None:
-    tm, auth = scripted_manager(clock, deadline=10.0)
+    tm, auth = manager(deadline=10.0)
     waiter = asyncio.create_task(tm.get_token())
     (await auth.next_call()).fail(RateLimitError("HTTP 429", status=429, retry_after=60))
     with pytest.raises(TokenUnavailableError) as info:
@@ -476,11 +502,12 @@ async def test_retry_after_beyond_the_deadline_fails_fast_with_retry_after(
     with pytest.raises(TokenUnavailableError):
         await tm.get_token()
     assert len(auth.calls) == 1
-    await tm.aclose()
 
 
-async def test_invalid_credentials_raise_at_once_without_a_retry_storm(clock: FakeClock) -> None:
-    tm, auth = scripted_manager(clock, permanent_failure_cooldown=10.0)
+async def test_invalid_credentials_raise_at_once_without_a_retry_storm(
+    clock: FakeClock, manager: Manager
+) -> None:
+    tm, auth = manager(permanent_failure_cooldown=10.0)
     waiters = [asyncio.create_task(tm.get_token()) for _ in range(50)]
     (await auth.next_call()).fail(
         InvalidCredentialsError("bad", status=401, code="INVALID_CREDENTIALS")
@@ -497,14 +524,15 @@ async def test_invalid_credentials_raise_at_once_without_a_retry_storm(clock: Fa
     waiter = asyncio.create_task(tm.get_token())
     (await auth.next_call()).succeed("at1")
     assert (await waiter).access_token == "at1"
-    await tm.aclose()
 
 
 # --- 6. time -----------------------------------------------------------------------------------
 
 
-async def test_lifetime_counts_from_when_the_request_was_sent(clock: FakeClock) -> None:
-    tm, auth = scripted_manager(clock)
+async def test_lifetime_counts_from_when_the_request_was_sent(
+    clock: FakeClock, manager: Manager
+) -> None:
+    tm, auth = manager()
     sent = clock.monotonic()
     waiter = asyncio.create_task(tm.get_token())
     call = await auth.next_call()
@@ -513,14 +541,13 @@ async def test_lifetime_counts_from_when_the_request_was_sent(clock: FakeClock) 
     token = await waiter
     assert token.obtained_at == sent
     assert token.expires_at == pytest.approx(sent + 95.0)
-    await tm.aclose()
 
 
 # --- invalidate, hooks -------------------------------------------------------------------------
 
 
-async def test_invalidate_drops_only_the_current_token(clock: FakeClock) -> None:
-    tm, auth = scripted_manager(clock)
+async def test_invalidate_drops_only_the_current_token(clock: FakeClock, manager: Manager) -> None:
+    tm, auth = manager()
     auth.answer_automatically(expires_in=100)
     first = await tm.get_token()
     assert await tm.invalidate(first)
@@ -531,11 +558,10 @@ async def test_invalidate_drops_only_the_current_token(clock: FakeClock) -> None
     assert await tm.get_token() is second
     assert len(auth.calls) == 2
     assert tm.stats.invalidations == 1
-    await tm.aclose()
 
 
 async def test_sync_and_async_hooks_see_each_token_and_their_failures_are_isolated(
-    clock: FakeClock, caplog: pytest.LogCaptureFixture
+    clock: FakeClock, manager: Manager, caplog: pytest.LogCaptureFixture
 ) -> None:
     seen: list[str] = []
     done = asyncio.Event()
@@ -545,7 +571,7 @@ async def test_sync_and_async_hooks_see_each_token_and_their_failures_are_isolat
         done.set()
         raise RuntimeError("hook broke")
 
-    tm, auth = scripted_manager(clock, on_token=hook)
+    tm, auth = manager(on_token=hook)
     auth.answer_automatically()
     token = await tm.get_token()
     await done.wait()
@@ -557,14 +583,15 @@ async def test_sync_and_async_hooks_see_each_token_and_their_failures_are_isolat
     def sync_hook(token):  # type: ignore[no-untyped-def]
         raise ValueError("sync hook broke")
 
-    tm, auth = scripted_manager(clock, on_token=sync_hook)
+    tm, auth = manager(on_token=sync_hook)
     auth.answer_automatically()
     assert (await tm.get_token()).access_token == "at1"
-    await tm.aclose()
 
 
-async def test_revoke_forgets_the_pair_and_calls_the_server(clock: FakeClock) -> None:
-    tm, auth = scripted_manager(clock)
+async def test_revoke_forgets_the_pair_and_calls_the_server(
+    clock: FakeClock, manager: Manager
+) -> None:
+    tm, auth = manager()
     auth.answer_automatically()
     token = await tm.get_token()
     assert await tm.revoke()
@@ -573,12 +600,13 @@ async def test_revoke_forgets_the_pair_and_calls_the_server(clock: FakeClock) ->
     assert tm.token is None
     await tm.get_token()
     assert auth.kinds() == ["token", "revoke", "token"]  # no refresh with a revoked pair
-    await tm.aclose()
 
 
-async def test_logs_never_carry_secrets(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+async def test_logs_never_carry_secrets(
+    clock: FakeClock, manager: Manager, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG, logger="apimw_async")
-    tm, auth = scripted_manager(clock)
+    tm, auth = manager()
     auth.answer_automatically(expires_in=10)
     for _ in range(5):
         token = await tm.get_token()
@@ -591,13 +619,12 @@ async def test_logs_never_carry_secrets(clock: FakeClock, caplog: pytest.LogCapt
         assert call.arg is None or call.arg not in text
     for secret in ("at1", "at3", "rt_at2", "sk_test_scripted_secret_value"):
         assert secret not in text
-    await tm.aclose()
 
 
 async def test_no_background_refresh_during_a_server_advised_cool_down(
-    clock: FakeClock, caplog: pytest.LogCaptureFixture
+    clock: FakeClock, manager: Manager, caplog: pytest.LogCaptureFixture
 ) -> None:
-    tm, auth = scripted_manager(clock)
+    tm, auth = manager()
     first = asyncio.create_task(tm.get_token())
     (await auth.next_call()).succeed("at1", expires_in=1000)
     token = await first
@@ -616,4 +643,3 @@ async def test_no_background_refresh_during_a_server_advised_cool_down(
     (await auth.next_call()).succeed("at2")
     await settle()
     assert (await tm.get_token()).access_token == "at2"
-    await tm.aclose()

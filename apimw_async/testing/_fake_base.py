@@ -1,8 +1,9 @@
 """What the fake server's modules share: envelopes, the endpoint registry, counters.
 
-:mod:`._fake_server` is the hub (:class:`~._fake_server.FakeAPIMW`, dispatch, auth, rate
-limits); :mod:`._fake_whatsapp` and :mod:`._fake_webhooks` add the WhatsApp and webhook
-endpoints as mixins. They all build on this module, which imports none of them.
+:mod:`._fake_server` is the hub (:class:`~._fake_server.FakeAPIMW`: lifecycle, dispatch, rate
+limits) and asks :mod:`._fake_faults` for the fault of each request; :mod:`._fake_auth`,
+:mod:`._fake_whatsapp` and :mod:`._fake_webhooks` add the auth, WhatsApp and webhook endpoints
+as mixins. They all build on this module, which imports none of them.
 """
 
 from __future__ import annotations

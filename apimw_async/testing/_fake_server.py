@@ -3,7 +3,8 @@
 :class:`FakeAPIMW` runs an :mod:`aiohttp.web` server on ``127.0.0.1`` (a free port by default)
 that implements every endpoint of the public docs with their envelopes and error codes:
 
-* auth: ``POST /v1/auth/token``, ``/refresh``, ``/revoke`` and ``GET /v1/auth/me``;
+* auth (:mod:`._fake_auth`): ``POST /v1/auth/token``, ``/refresh``, ``/revoke`` and
+  ``GET /v1/auth/me``;
 * WhatsApp (:mod:`._fake_whatsapp`): ``POST /v1/whatsapp/messages/send`` and ``/template``,
   ``GET /v1/whatsapp/messages/{message_id}`` (status moving ``sent`` → ``delivered`` → ``read``
   or ``failed`` on the server clock) and ``GET /v1/whatsapp/templates`` (a 45-template
@@ -18,12 +19,13 @@ Tests drive it through:
 * test helpers that change server state (:meth:`FakeAPIMW.expire_access_tokens`,
   :meth:`FakeAPIMW.revoke_all`, :meth:`FakeAPIMW.inject_delivery`, ...), with expiry, message
   statuses, webhook retries and rate-limit windows judged on an injectable :class:`Clock`;
-* :class:`FaultPlan` (``fake.faults``): one-shot or probabilistic errors, dropped connections,
-  malformed bodies and delays, optionally *after* the server has committed the operation;
+* :class:`FaultPlan` (``fake.faults``, :mod:`._fake_faults`): one-shot or probabilistic errors,
+  dropped connections, malformed bodies and delays, optionally *after* the server has committed
+  the operation;
 * :class:`FakeStats` (``fake.stats``): counters, and :meth:`FakeAPIMW.wait_until` /
   :meth:`FakeAPIMW.wait_for_deliveries` to wait for them without polling.
 
-Where the public docs are silent (see the Gaps in the API notes) the behaviour chosen here is
+Where the public docs are silent (see the Gaps in docs/apimw-api.md) the behaviour chosen here is
 documented on the handler or its module and, where a real server could plausibly differ,
 configurable.
 
@@ -39,76 +41,31 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
-import hmac
 import itertools
 import math
-import random
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
-import attrs
 from aiohttp import web
 
 from .._clock import SYSTEM_CLOCK, Clock
-from .._models import Credentials
+from ._fake_auth import _AuthMixin
 from ._fake_base import (
     _API_PREFIX,
-    _BAD_JSON,
-    _HTML,
     _ROUTES,
     FakeStats,
-    _b64url,
-    _compact_json,
-    _endpoint,
     _error,
-    _json_object,
     _ok,
     _Reply,
-    _required_str,
     _Route,
 )
+from ._fake_faults import FAULT_KINDS, FaultPlan, _fault_reply
 from ._fake_webhooks import DEFAULT_RETRY_SCHEDULE, _WebhooksMixin
 from ._fake_whatsapp import _WhatsAppMixin
 
 __all__ = ["FAULT_KINDS", "PLAN_RATE_LIMITS", "FakeAPIMW", "FakeStats", "FaultPlan"]
-
-#: The kinds of fault :meth:`FaultPlan.add` accepts.
-FAULT_KINDS: Final = frozenset({"status", "drop", "malformed", "delay"})
-
-_DEFAULT_MALFORMED_BODY: Final = b"<html>bad gateway</html>"
-
-#: The fault codes used when :meth:`FaultPlan.add` is given a status but no code.
-_DEFAULT_CODES: Final = {
-    400: "INVALID_REQUEST",
-    401: "INVALID_TOKEN",
-    403: "FORBIDDEN",
-    404: "NOT_FOUND",
-    409: "CONFLICT",
-    422: "VALIDATION_ERROR",
-    429: "RATE_LIMIT_EXCEEDED",
-}
-
-
-def _number(value: float) -> int | float:
-    # The docs type expires_in as an integer; keep fractions only when a test asks for them.
-    return int(value) if float(value).is_integer() else value
-
-
-#: Always the same, exactly as in the docs' example token: {"alg":"HS256","typ":"JWT"}.
-_JWT_HEADER: Final = _b64url(_compact_json({"alg": "HS256", "typ": "JWT"}))
-
-
-_MISSING_BEARER: Final = _error(401, "INVALID_TOKEN", "Missing or malformed Authorization header")
-_UNKNOWN_TOKEN: Final = _error(401, "INVALID_TOKEN", "Access token is invalid")
-_EXPIRED_TOKEN: Final = _error(401, "EXPIRED_TOKEN", "Access token has expired")
-_REVOKED_TOKEN: Final = _error(401, "REVOKED_TOKEN", "Access token has been revoked")
-_INVALID_CREDENTIALS: Final = _error(401, "INVALID_CREDENTIALS", "Invalid API Key or Secret")
-_INVALID_REFRESH: Final = _error(
-    401, "INVALID_REFRESH_TOKEN", "Refresh token is invalid or expired"
-)
 
 #: Requests per minute of each plan (rate-limits page); ``enterprise`` uses ``rate_limit``.
 PLAN_RATE_LIMITS: Final[Mapping[str, int | None]] = MappingProxyType(
@@ -117,254 +74,7 @@ PLAN_RATE_LIMITS: Final[Mapping[str, int | None]] = MappingProxyType(
 _WINDOW: Final = 60
 
 
-# --- faults ----------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class _Fault:
-    kind: str
-    status: int
-    code: str | None = None
-    message: str | None = None
-    retry_after: int | None = None
-    retry_after_header: bool = False
-    after: bool = False
-    delay: float = 0.0
-    body: bytes | None = None
-    content_type: str | None = None
-
-
-@attrs.define
-class _Queued:
-    endpoint: str
-    fault: _Fault
-    remaining: int
-
-
-@attrs.frozen
-class _Rates:
-    error_500: float
-    error_429: float
-    drop: float
-    malformed: float
-    retry_after: int
-    retry_after_header: bool
-    after: bool
-
-
-class FaultPlan:
-    """Faults :class:`FakeAPIMW` injects, per endpoint name (``"*"`` matches every endpoint).
-
-    Queued faults (:meth:`add`) are consumed first, in the order they were added; when none
-    matches, the probabilistic rates (:meth:`set_rate`) are rolled. At most one fault applies to
-    a request. Fault kinds:
-
-    ``"status"``
-        an error envelope with ``status`` and ``code``; a 429 carries ``error.retry_after``.
-    ``"drop"``
-        the connection is closed without any HTTP response (aiohttp raises
-        ``ServerDisconnectedError`` or ``ClientOSError``). Note that aiohttp's client retries an
-        *idempotent* request (GET, e.g. ``/auth/me``) once by itself after such a disconnect, so
-        to make a GET fail use ``times=2``.
-    ``"malformed"``
-        a body that is not the envelope (default ``200`` with ``<html>bad gateway</html>``).
-    ``"delay"``
-        the request waits ``delay`` seconds (real time) and is then answered normally.
-
-    With ``after=True`` the server first performs the operation (issues or rotates tokens,
-    revokes, ...) and only then replaces the answer with the fault: the answer is lost but the
-    state is committed. A ``"delay"`` with ``after=True`` commits first, then waits, then
-    answers. Every injected fault counts in :attr:`FakeStats.faults_injected`.
-    """
-
-    def __init__(self, endpoints: Iterable[str] | None = None, *, seed: int | None = None) -> None:
-        self._endpoints = frozenset(endpoints) if endpoints is not None else None
-        self._queue: list[_Queued] = []
-        self._rates: dict[str, _Rates] = {}
-        self._random = random.Random(seed)
-
-    def add(
-        self,
-        endpoint: str,
-        kind: str = "status",
-        *,
-        status: int | None = None,
-        code: str | None = None,
-        message: str | None = None,
-        retry_after: int | None = None,
-        retry_after_header: bool = False,
-        times: int = 1,
-        after: bool = False,
-        delay: float = 0.0,
-        body: bytes | None = None,
-        content_type: str | None = None,
-    ) -> None:
-        """Queue a fault for the next ``times`` calls of ``endpoint`` (``"*"`` = any endpoint).
-
-        ``status`` defaults to 500 for ``"status"`` and 200 for ``"malformed"``; ``code``
-        defaults to ``INTERNAL_ERROR`` for 5xx and ``RATE_LIMIT_EXCEEDED`` for 429 (whose
-        ``error.retry_after`` defaults to 1). A ``Retry-After`` header is sent only with
-        ``retry_after_header=True``. ``body``/``content_type`` replace a malformed body.
-        """
-        self._check_endpoint(endpoint)
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; expected one of {sorted(FAULT_KINDS)}")
-        if times < 1:
-            raise ValueError("times must be at least 1")
-        if delay < 0:
-            raise ValueError("delay must not be negative")
-        if status is None:
-            status = 200 if kind == "malformed" else 500
-        if kind == "status" and not 400 <= status <= 599:
-            raise ValueError("a status fault needs an error status (400-599)")
-        if kind == "status" and status == 429 and retry_after is None:
-            retry_after = 1
-        fault = _Fault(
-            kind=kind,
-            status=status,
-            code=code,
-            message=message,
-            retry_after=retry_after,
-            retry_after_header=retry_after_header,
-            after=after,
-            delay=delay,
-            body=body,
-            content_type=content_type,
-        )
-        self._queue.append(_Queued(endpoint, fault, times))
-
-    def set_rate(
-        self,
-        endpoint: str,
-        *,
-        error_500: float = 0.0,
-        error_429: float = 0.0,
-        drop: float = 0.0,
-        malformed: float = 0.0,
-        retry_after: int = 1,
-        retry_after_header: bool = False,
-        after: bool = False,
-    ) -> None:
-        """Inject faults at random, each call independently, with these probabilities.
-
-        Rates of ``endpoint`` replace earlier ones; an endpoint without its own rates uses
-        those of ``"*"``. All zero removes the rates. Reproducible with ``FakeAPIMW(seed=...)``.
-        """
-        self._check_endpoint(endpoint)
-        probabilities = (error_500, error_429, drop, malformed)
-        if any(not 0.0 <= p <= 1.0 for p in probabilities) or sum(probabilities) > 1.0 + 1e-9:
-            raise ValueError("rates must lie in [0, 1] and add up to at most 1")
-        if not any(probabilities):
-            self._rates.pop(endpoint, None)
-            return
-        self._rates[endpoint] = _Rates(
-            error_500, error_429, drop, malformed, retry_after, retry_after_header, after
-        )
-
-    def clear(self) -> None:
-        """Forget every queued fault and every rate."""
-        self._queue.clear()
-        self._rates.clear()
-
-    def pending(self, endpoint: str | None = None) -> int:
-        """How many queued fault occurrences are left (for ``endpoint`` only, if given)."""
-        return sum(q.remaining for q in self._queue if endpoint is None or q.endpoint == endpoint)
-
-    def _check_endpoint(self, endpoint: str) -> None:
-        if endpoint != "*" and self._endpoints is not None and endpoint not in self._endpoints:
-            raise ValueError(
-                f"unknown endpoint {endpoint!r}; expected '*' or one of {sorted(self._endpoints)}"
-            )
-
-    def _take(self, endpoint: str) -> _Fault | None:
-        """The fault for this call of ``endpoint``, if any (consumes a queued one)."""
-        queue = self._queue
-        for index, queued in enumerate(queue):
-            if queued.endpoint == endpoint or queued.endpoint == "*":
-                queued.remaining -= 1
-                if queued.remaining <= 0:
-                    del queue[index]
-                return queued.fault
-        if not self._rates:
-            return None
-        rates = self._rates.get(endpoint) or self._rates.get("*")
-        if rates is None:
-            return None
-        roll = self._random.random()
-        if roll < rates.error_500:
-            return _Fault("status", 500, after=rates.after)
-        roll -= rates.error_500
-        if roll < rates.error_429:
-            return _Fault(
-                "status",
-                429,
-                retry_after=rates.retry_after,
-                retry_after_header=rates.retry_after_header,
-                after=rates.after,
-            )
-        roll -= rates.error_429
-        if roll < rates.drop:
-            return _Fault("drop", 0, after=rates.after)
-        roll -= rates.drop
-        if roll < rates.malformed:
-            return _Fault("malformed", 200, after=rates.after)
-        return None
-
-    def __repr__(self) -> str:
-        return f"FaultPlan(pending={self.pending()}, rates={sorted(self._rates)})"
-
-
-def _fault_reply(fault: _Fault) -> _Reply:
-    if fault.kind == "malformed":
-        body = _DEFAULT_MALFORMED_BODY if fault.body is None else fault.body
-        return _Reply(fault.status, body, fault.content_type or _HTML)
-    status = fault.status
-    code = (
-        fault.code or _DEFAULT_CODES.get(status) or ("INTERNAL_ERROR" if status >= 500 else "ERROR")
-    )
-    if fault.message is not None:
-        message = fault.message
-    elif status == 429:
-        message = f"Rate limit exceeded. Please retry after {fault.retry_after} seconds."
-    else:
-        message = "Internal server error" if status >= 500 else "Injected fault"
-    headers: dict[str, str] = {}
-    if fault.retry_after is not None and fault.retry_after_header:
-        headers["Retry-After"] = str(fault.retry_after)
-    if status == 429:
-        headers["X-RateLimit-Remaining"] = "0"
-    return _error(status, code, message, retry_after=fault.retry_after, headers=headers or None)
-
-
-# --- server state ----------------------------------------------------------------------------
-
-
-@attrs.define(eq=False)
-class _Family:
-    """The tokens descended from one ``/auth/token`` call."""
-
-    id: int
-    current_access: str | None = None
-    revoked: bool = False
-
-
-@attrs.define(eq=False)
-class _AccessToken:
-    family: _Family
-    expires_at: float
-    refresh_token: str
-    revoked: bool = False
-
-
-@attrs.define(eq=False)
-class _RefreshToken:
-    family: _Family
-    expires_at: float
-    spent: bool = False
-    revoked: bool = False
-
-
-class FakeAPIMW(_WhatsAppMixin, _WebhooksMixin):
+class FakeAPIMW(_AuthMixin, _WhatsAppMixin, _WebhooksMixin):
     """An APIMW server for tests: real HTTP on ``127.0.0.1``, every documented endpoint.
 
     Use ``async with FakeAPIMW() as fake:`` (or :meth:`start` / :meth:`close`) and point a
@@ -454,22 +164,12 @@ class FakeAPIMW(_WhatsAppMixin, _WebhooksMixin):
         webhook_retry_schedule: Iterable[float] = DEFAULT_RETRY_SCHEDULE,
         duplicate_deliveries: float = 0.0,
     ) -> None:
-        self._credentials = Credentials(api_key, api_secret)
         self.host = host
         self._requested_port = port
-        self.token_lifetime = token_lifetime
-        """``expires_in`` of tokens issued from now on (seconds)."""
-        self.refresh_token_lifetime = refresh_token_lifetime
         self.token_latency = token_latency
         """Extra real-time delay of ``/auth/token`` and ``/auth/refresh``."""
         self.api_latency = api_latency
         """Extra real-time delay of every other endpoint."""
-        self.reuse_detection = reuse_detection
-        """A spent refresh token presented again revokes its whole family."""
-        self.revoke_access_on_refresh = revoke_access_on_refresh
-        """A refresh revokes the family's previous access token."""
-        self.revoke_refresh_with_access = revoke_refresh_with_access
-        """Revoking an access token also revokes the refresh token issued with it."""
         self.rate_limit = rate_limit
         """Requests per minute of the ``enterprise`` plan, and the ``X-RateLimit-Limit``
         reported while the limit is not enforced."""
@@ -480,13 +180,15 @@ class FakeAPIMW(_WhatsAppMixin, _WebhooksMixin):
         self.stats = FakeStats()
         self.faults = FaultPlan((route.name for route in _ROUTES), seed=seed)
 
-        self._access: dict[str, _AccessToken] = {}
-        self._refresh: dict[str, _RefreshToken] = {}
-        self._family_ids = itertools.count(1)
-        self._signing_key = secrets.token_bytes(32)
-        digest = hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()
-        self._user_id = f"usr_{digest[:12]}"
-        self._tenant_id = f"ten_{digest[12:24]}"
+        self._init_auth(
+            api_key=api_key,
+            api_secret=api_secret,
+            token_lifetime=token_lifetime,
+            refresh_token_lifetime=refresh_token_lifetime,
+            reuse_detection=reuse_detection,
+            revoke_access_on_refresh=revoke_access_on_refresh,
+            revoke_refresh_with_access=revoke_refresh_with_access,
+        )
         self.plan = plan
         self._request_ids = itertools.count(1)
         self._request_id_prefix = secrets.token_hex(4)
@@ -619,50 +321,7 @@ class FakeAPIMW(_WhatsAppMixin, _WebhooksMixin):
         """The API base URL to give a client, e.g. ``http://127.0.0.1:54321/v1``."""
         return self.url + _API_PREFIX
 
-    @property
-    def credentials(self) -> Credentials:
-        """The API key and secret this server accepts."""
-        return self._credentials
-
     # --- test helpers ------------------------------------------------------------------------
-
-    def expire_access_tokens(self) -> None:
-        """Every access token issued so far answers ``EXPIRED_TOKEN`` from now on."""
-        for token in self._access.values():
-            token.expires_at = float("-inf")
-
-    def revoke_access_token(
-        self, access_token: str, *, include_refresh: bool | None = None
-    ) -> None:
-        """Revoke one access token, as ``POST /auth/revoke`` would (unknown tokens: no-op).
-
-        ``include_refresh`` (default: the ``revoke_refresh_with_access`` option) also revokes
-        the refresh token issued together with it.
-        """
-        token = self._access.get(access_token)
-        if token is None:
-            return
-        token.revoked = True
-        if self.revoke_refresh_with_access if include_refresh is None else include_refresh:
-            refresh = self._refresh.get(token.refresh_token)
-            if refresh is not None:
-                refresh.revoked = True
-
-    def revoke_refresh_tokens(self) -> None:
-        """Every refresh token issued so far answers ``INVALID_REFRESH_TOKEN`` from now on."""
-        for token in self._refresh.values():
-            token.revoked = True
-
-    def revoke_all(self) -> None:
-        """Revoke every token: access tokens answer ``REVOKED_TOKEN``, refresh tokens fail."""
-        for token in self._access.values():
-            token.revoked = True
-        self.revoke_refresh_tokens()
-
-    def is_access_token_valid(self, access_token: str) -> bool:
-        """Whether ``access_token`` would be accepted right now."""
-        token = self._access.get(access_token)
-        return token is not None and self._access_error(token) is None
 
     async def wait_until(
         self, predicate: Callable[[FakeStats], bool], timeout: float = 10.0
@@ -884,165 +543,3 @@ class FakeAPIMW(_WhatsAppMixin, _WebhooksMixin):
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
-
-    # --- tokens ------------------------------------------------------------------------------
-
-    def _issue(self, family: _Family) -> _Reply:
-        """Issue an access + refresh token pair in ``family``; the success reply."""
-        lifetime = self.token_lifetime
-        wall = self.clock.time()
-        claims = {
-            "sub": self._user_id,
-            "tid": self._tenant_id,
-            "jti": secrets.token_urlsafe(12),
-            "iat": int(wall),
-            "exp": int(wall + lifetime),
-        }
-        signing_input = f"{_JWT_HEADER}.{_b64url(_compact_json(claims))}"
-        signature = hmac.new(self._signing_key, signing_input.encode("ascii"), "sha256").digest()
-        access = f"{signing_input}.{_b64url(signature)}"
-        refresh = "rt_" + secrets.token_urlsafe(24)
-        now = self.clock.monotonic()
-        self._access[access] = _AccessToken(family, now + lifetime, refresh)
-        self._refresh[refresh] = _RefreshToken(family, now + self.refresh_token_lifetime)
-        family.current_access = access
-        return _ok(
-            {
-                "access_token": access,
-                "token_type": "Bearer",
-                "expires_in": _number(lifetime),
-                "refresh_token": refresh,
-            }
-        )
-
-    def _access_error(self, token: _AccessToken) -> _Reply | None:
-        if token.revoked or token.family.revoked:
-            return _REVOKED_TOKEN
-        if self.clock.monotonic() >= token.expires_at:
-            return _EXPIRED_TOKEN
-        return None
-
-    def _authenticate(self, request: web.Request) -> _Reply | None:
-        """``None`` if the bearer token is valid now, else the 401 to answer."""
-        bearer, failure = self._bearer(request)
-        if failure is not None:
-            return failure
-        assert bearer is not None
-        return self._access_error(self._access[bearer])
-
-    def _bearer(self, request: web.Request) -> tuple[str | None, _Reply | None]:
-        """The bearer token of ``request`` and its record, or the 401 to answer."""
-        header = request.headers.get("Authorization")
-        if header is None or header[:7].lower() != "bearer ":
-            return None, _MISSING_BEARER
-        value = header[7:].strip()
-        if not value or " " in value:
-            return None, _MISSING_BEARER
-        if value not in self._access:
-            return None, _UNKNOWN_TOKEN
-        return value, None
-
-    # --- endpoints ---------------------------------------------------------------------------
-
-    @_endpoint(
-        "token", "POST", "/auth/token", counter="token_calls", token_endpoint=True, bearer=False
-    )
-    async def _handle_token(self, request: web.Request) -> _Reply:
-        """``POST /auth/token``: credentials for a new token family."""
-        body = await _json_object(request)
-        if body is None:
-            return _BAD_JSON
-        api_key = body.get("api_key")
-        api_secret = body.get("api_secret")
-        if not isinstance(api_key, str) or not isinstance(api_secret, str):
-            return _error(400, "INVALID_REQUEST", "api_key and api_secret are required")
-        # Both compared in full, in constant time, like a real credential check.
-        key_ok = hmac.compare_digest(
-            api_key.encode("utf-8", "surrogatepass"),
-            self._credentials.api_key.encode("utf-8", "surrogatepass"),
-        )
-        secret_ok = hmac.compare_digest(
-            api_secret.encode("utf-8", "surrogatepass"),
-            self._credentials.api_secret.encode("utf-8", "surrogatepass"),
-        )
-        if not (key_ok and secret_ok):
-            self.stats.invalid_credentials += 1
-            return _INVALID_CREDENTIALS
-        self.stats.token_successes += 1
-        return self._issue(_Family(next(self._family_ids)))
-
-    @_endpoint(
-        "refresh",
-        "POST",
-        "/auth/refresh",
-        counter="refresh_calls",
-        token_endpoint=True,
-        bearer=False,
-    )
-    async def _handle_refresh(self, request: web.Request) -> _Reply:
-        """``POST /auth/refresh``: a single-use refresh token for a new pair (no bearer)."""
-        body = await _json_object(request)
-        if body is None:
-            return _BAD_JSON
-        presented = _required_str(body, "refresh_token")
-        if presented is None:
-            return _error(400, "INVALID_REQUEST", "refresh_token is required")
-        stats = self.stats
-        token = self._refresh.get(presented)
-        if token is None:
-            stats.invalid_refresh += 1
-            return _INVALID_REFRESH
-        family = token.family
-        if token.spent:
-            stats.refresh_reuse += 1
-            stats.invalid_refresh += 1
-            if self.reuse_detection and not family.revoked:
-                family.revoked = True
-                stats.families_revoked += 1
-            return _INVALID_REFRESH
-        if token.revoked or family.revoked or self.clock.monotonic() >= token.expires_at:
-            stats.invalid_refresh += 1
-            return _INVALID_REFRESH
-        token.spent = True
-        if self.revoke_access_on_refresh and family.current_access is not None:
-            self._access[family.current_access].revoked = True
-        stats.refresh_successes += 1
-        return self._issue(family)
-
-    @_endpoint("revoke", "POST", "/auth/revoke", counter="revoke_calls")
-    async def _handle_revoke(self, request: web.Request) -> _Reply:
-        """``POST /auth/revoke``: revoke ``token``/``access_token`` of the body, else the bearer.
-
-        A ``refresh_token`` in the body is revoked too. Unknown or already revoked tokens
-        answer 200 as well (idempotent), but the bearer must be one this server issued and not
-        expired.
-        """
-        bearer, failure = self._bearer(request)
-        if failure is not None:
-            return failure
-        assert bearer is not None
-        record = self._access[bearer]
-        if not (record.revoked or record.family.revoked) and (
-            self.clock.monotonic() >= record.expires_at
-        ):
-            return _EXPIRED_TOKEN
-        body = await _json_object(request, optional=True)
-        if body is None:
-            return _BAD_JSON
-        for field in ("token", "access_token", "refresh_token"):
-            if field in body and not (isinstance(body[field], str) and body[field]):
-                return _error(400, "INVALID_REQUEST", f"{field} must be a non-empty string")
-        self.revoke_access_token(_required_str(body, "token", "access_token") or bearer)
-        refresh_token = _required_str(body, "refresh_token")
-        if refresh_token is not None and refresh_token in self._refresh:
-            self._refresh[refresh_token].revoked = True
-        return _ok({"revoked": True})
-
-    @_endpoint("me", "GET", "/auth/me", counter="me_calls")
-    async def _handle_me(self, request: web.Request) -> _Reply:
-        """``GET /auth/me``: the user, tenant and permissions of the bearer."""
-        bearer, failure = self._bearer(request)  # _authenticate, inlined: the benchmarks' path
-        if failure is not None:
-            return failure
-        assert bearer is not None
-        return self._access_error(self._access[bearer]) or self._me_reply

@@ -30,7 +30,7 @@ from azure.core.pipeline.policies import AsyncBearerTokenCredentialPolicy, Async
 from azure.core.rest import HttpRequest
 
 from .base import Env, Probe, Strategy
-from .static import azure_pipeline_client
+from .static_peers import azure_pipeline_client
 
 __all__ = ["APIMWCredential", "AzureStrategy"]
 

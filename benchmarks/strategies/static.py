@@ -1,9 +1,10 @@
 """The baselines: a fixed, valid bearer header and no token work at all.
 
 ``static`` is plain aiohttp, the physical limit every aiohttp-based strategy is compared with.
-``static-httpx`` and ``static-azure`` are the same fixed header on the transports the peers
-use (httpx under authlib, the azure-core pipeline over aiohttp under azure-core); they tell how
-much of a peer's gap is its transport rather than its token handling.
+``static-httpx`` and ``static-azure`` (:mod:`.static_peers`, which need the ``bench`` extra)
+are the same fixed header on the transports the peers use (httpx under authlib, the azure-core
+pipeline over aiohttp under azure-core); they tell how much of a peer's gap is its transport
+rather than its token handling.
 """
 
 from __future__ import annotations
@@ -13,17 +14,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
-from azure.core import AsyncPipelineClient
-from azure.core.pipeline.policies import AsyncRetryPolicy, HeadersPolicy
-from azure.core.pipeline.transport import AioHttpTransport
-from azure.core.rest import HttpRequest
 
 from apimw_async._admission import Admission
 
-from ._httpx import HTTPX_NAME, httpx
 from .base import Env, Strategy
 
-__all__ = ["StaticAzureStrategy", "StaticFairStrategy", "StaticHttpxStrategy", "StaticStrategy"]
+__all__ = ["StaticFairStrategy", "StaticStrategy"]
 
 
 class _Static(Strategy):
@@ -77,7 +73,7 @@ class StaticFairStrategy(StaticStrategy):
 
     Requests take a slot in arrival order before aiohttp's pool sees them, so the pool never
     has a queue of its own (whose order is not fair). The queue is apimw_async's
-    :class:`~apimw_async._admission.Admission`, the same one the Client uses; no token work.
+    :class:`~apimw_async.Admission`, the same one the Client uses; no token work.
     """
 
     name = "static+fifo"
@@ -89,67 +85,11 @@ class StaticFairStrategy(StaticStrategy):
     async def request(self) -> int:
         await self._probe()
         gate = self._gate
-        await gate.acquire()
+        if not gate.try_acquire():
+            await gate.acquire()
         try:
             async with self._session.get(self.env.me_url, headers=self._headers) as resp:
                 json.loads(await resp.read())
                 return resp.status
         finally:
             gate.release()
-
-
-class StaticHttpxStrategy(_Static):
-    name = "static-httpx"
-    transport = HTTPX_NAME
-
-    async def start(self) -> None:
-        limit = self.env.connections
-        self._client = httpx.AsyncClient(
-            headers={"Authorization": self._header},
-            limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
-            timeout=self.env.timeout,
-        )
-
-    async def request(self) -> int:
-        await self._probe()
-        resp = await self._client.get(self.env.me_url)
-        resp.json()
-        return int(resp.status_code)
-
-    async def close(self) -> None:
-        await self._client.aclose()
-
-
-def azure_pipeline_client(
-    env: Env, session: aiohttp.ClientSession, auth_policy: Any
-) -> AsyncPipelineClient[HttpRequest, Any]:
-    """The API client an azure-core user builds: retries outside, authentication inside."""
-    return AsyncPipelineClient(
-        env.base_url,
-        policies=[AsyncRetryPolicy(), auth_policy],
-        transport=AioHttpTransport(session=session, session_owner=False),
-    )
-
-
-class StaticAzureStrategy(_Static):
-    name = "static-azure"
-    transport = "azure-core pipeline (aiohttp)"
-
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.env.connections),
-            timeout=aiohttp.ClientTimeout(total=self.env.timeout),
-        )
-        self._client = azure_pipeline_client(
-            self.env, self._session, HeadersPolicy({"Authorization": self._header})
-        )
-
-    async def request(self) -> int:
-        await self._probe()
-        resp = await self._client.send_request(HttpRequest("GET", self.env.me_url))
-        resp.json()
-        return int(resp.status_code)
-
-    async def close(self) -> None:
-        await self._client.close()
-        await self._session.close()

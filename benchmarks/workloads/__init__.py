@@ -12,6 +12,7 @@ from .hot_path import run_hot_path
 from .lost_refresh import run_lost_refresh
 from .oversubscription import run_oversubscription
 from .throughput import run_throughput
+from .webhook_intake import run_webhook_intake
 
 __all__ = ["WORKLOADS", "Context", "Run"]
 
@@ -25,4 +26,5 @@ WORKLOADS: dict[str, tuple[Callable[[Context], Awaitable[list[Run]]], str]] = {
     "hot-path": (run_hot_path, "main"),
     "lost-refresh": (run_lost_refresh, "main"),
     "oversubscription": (run_oversubscription, "oversubscription"),
+    "webhook-intake": (run_webhook_intake, "main"),  # its own rows, not token strategies
 }
