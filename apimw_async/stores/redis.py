@@ -2,12 +2,14 @@
 
 One API key's token pair lives in one Redis hash, the refresh lease in one string::
 
-    {prefix}:{key}:token     hash  v = version, d = StoredToken.to_json() (encrypted if asked)
-    {prefix}:{key}:lease     string  owner id, SET NX PX (expires on its own)
-    {prefix}:{key}:updated   pub/sub channel: a message per save, release or discard
+    {prefix}:{<key>}:token     hash  v = version, d = StoredToken.to_json() (encrypted if asked)
+    {prefix}:{<key>}:lease     string  owner id, SET NX PX (expires on its own)
+    {prefix}:{<key>}:updated   pub/sub channel: a message per save, release or discard
 
 ``key`` is what the token manager passes: a hash of the base URL and API key, never the key
-itself. Every write that must be atomic is one Lua script (compare-and-set of the version,
+itself. It is the keys' hash tag (in braces), so on a Redis Cluster one API key's entries
+(and those of :class:`RedisRateLimiter`) share one slot and every script touches one slot.
+Every write that must be atomic is one Lua script (compare-and-set of the version,
 owner-checked renew and release), so a slow or resumed writer can never overwrite a newer
 pair with an older one (fencing), nor release a lease it lost.
 
@@ -28,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, Protocol, runtime_checkable
 from urllib.parse import urlsplit
@@ -44,12 +47,13 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from .._clock import SYSTEM_CLOCK, Clock
-from .._config import LOGGER_NAME, REFRESH_TOKEN_LIFETIME
+from .._config import LOGGER_NAME, REFRESH_TOKEN_LIFETIME, seconds
 from .._errors import ConfigurationError, StoreUnavailableError
-from .._loops import PerLoop
+from .._loops import PerLoop, abandon_task, release_transport
 from . import StoredToken
+from ._redis_limiter import LimiterStats, RedisRateLimiter, _bind
 
-__all__ = ["Cipher", "RedisTokenStore"]
+__all__ = ["Cipher", "LimiterStats", "RedisRateLimiter", "RedisTokenStore"]
 
 log = logging.getLogger(f"{LOGGER_NAME}.stores.redis")
 
@@ -96,6 +100,17 @@ _DISCARD: Final = """
 if redis.call('HGET', KEYS[1], 'd') == ARGV[1] then
   redis.call('DEL', KEYS[1])
   redis.call('PUBLISH', ARGV[2], '0')
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] token hash; ARGV: channel. A hash with a version but no pair (written by hand, or
+# half-deleted) would fail every compare-and-set: deleted if it still has no pair.
+_DISCARD_EMPTY: Final = """
+if redis.call('HEXISTS', KEYS[1], 'd') == 0 and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[1], '0')
   return 1
 end
 return 0
@@ -207,11 +222,12 @@ class _Listener:
         self._client = client
         escaped = "".join(f"\\{c}" if c in _GLOB_SPECIALS else c for c in prefix)
         self._pattern = f"{escaped}:*:updated"
-        self._head = len(prefix) + 1
-        self._tail = len(":updated")
+        self._head = len(prefix) + 2  # "prefix:{"
+        self._tail = len("}:updated")
         self._events: dict[str, set[asyncio.Event]] = {}
         self._subscribed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._pubsub: Any = None
         self._loop = asyncio.get_running_loop()
         self._retry_at = float("-inf")
         self._idle_since = self._loop.time()
@@ -256,7 +272,7 @@ class _Listener:
                 event.set()
 
     async def _run(self) -> None:
-        pubsub = self._client.pubsub()
+        pubsub = self._pubsub = self._client.pubsub()
         try:
             await pubsub.psubscribe(self._pattern)
             while True:
@@ -297,20 +313,51 @@ class _LoopState:
     """The Redis client, scripts and listener of one event loop."""
 
     def __init__(
-        self, client: aioredis.Redis, prefix: str, notifications: bool, owns_pool: bool
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        notifications: bool,
+        owns_pool: bool,
+        owns_client: bool = True,
     ) -> None:
         self.client = client
         self.owns_pool = owns_pool
+        self.owns_client = owns_client
         self.save = client.register_script(_SAVE)
         self.discard = client.register_script(_DISCARD)
+        self.discard_empty = client.register_script(_DISCARD_EMPTY)
         self.renew = client.register_script(_RENEW)
         self.release = client.register_script(_RELEASE)
         self.listener = _Listener(client, prefix) if notifications else None
         self.probes: dict[str, asyncio.Task[tuple[int, bool]]] = {}
 
+    def abandon(self) -> None:
+        """Release what a closed loop left behind (no await possible): the listener's task,
+        the probes in flight and the connections' sockets."""
+        pool: Any = self.client.connection_pool
+        connections: list[Any] = [
+            *getattr(pool, "_available_connections", ()),
+            *getattr(pool, "_in_use_connections", ()),
+        ]
+        tasks: list[asyncio.Task[Any] | None] = list(self.probes.values())
+        if self.listener is not None:
+            tasks.append(self.listener._task)
+            connections.append(getattr(self.listener._pubsub, "connection", None))
+        # The transports first: closing a task's coroutine runs redis-py clean-up code that
+        # forgets a connection's writer without being able to close it.
+        transports = [getattr(getattr(c, "_writer", None), "transport", None) for c in connections]
+        for task in tasks:
+            abandon_task(task)
+        for connection, transport in zip(connections, transports, strict=True):
+            release_transport(transport)
+            if connection is not None:
+                connection._writer = connection._reader = None
+
     async def close(self) -> None:
         if self.listener is not None:
             await self.listener.aclose()
+        if not self.owns_client:
+            return
         await _close_quietly(self.client)
         if self.owns_pool:
             with contextlib.suppress(Exception):
@@ -323,10 +370,15 @@ class RedisTokenStore:
     >>> store = RedisTokenStore.from_url("redis://localhost:6379/0")   # doctest: +SKIP
     >>> client = Client(credentials, store=store)                       # doctest: +SKIP
 
-    Give either ``url`` (``redis://``, ``rediss://`` or ``unix://``; extra keyword arguments go
-    to :meth:`redis.asyncio.Redis.from_url`) or ``client_factory``, a callable returning a new
-    :class:`redis.asyncio.Redis` (e.g. over your own ``ConnectionPool``, Sentinel master, TLS
-    settings); it is called once per event loop and the store closes what it returns.
+    Give one of ``url`` (``redis://``, ``rediss://`` or ``unix://``; extra keyword arguments go
+    to :meth:`redis.asyncio.Redis.from_url`), ``client_factory``, a callable returning a new
+    :class:`redis.asyncio.Redis` or ``RedisCluster`` (e.g. over your own ``ConnectionPool``,
+    a Sentinel master, TLS settings; called once per event loop and process, and the store
+    closes what it returns), or ``client``, one you made and close yourself: it is bound to
+    the event loop and the process that first use it (redis-py connections belong to their
+    loop), and using the store from another one raises
+    :class:`~apimw_async.ConfigurationError` (pass ``client_factory`` for several loops or
+    forked workers).
 
     ``prefix`` starts every Redis key. ``lease_ttl`` is the lease length when a caller passes
     none. ``cipher`` (anything with ``encrypt(bytes) -> bytes`` / ``decrypt(bytes) -> bytes``,
@@ -348,6 +400,7 @@ class RedisTokenStore:
         url: str | None = None,
         *,
         client_factory: ClientFactory | None = None,
+        client: Any = None,
         prefix: str = "apimw",
         lease_ttl: float = DEFAULT_LEASE_TTL,
         cipher: Cipher | None = None,
@@ -360,14 +413,21 @@ class RedisTokenStore:
         clock: Clock | None = None,
         **redis_kwargs: Any,
     ) -> None:
-        if (url is None) == (client_factory is None):
-            raise ConfigurationError("RedisTokenStore needs either a url or a client_factory")
-        if client_factory is not None and redis_kwargs:
-            raise ConfigurationError("redis keyword arguments go with a url, not a factory")
-        if not prefix or any(c.isspace() for c in prefix):
-            raise ConfigurationError("prefix must be a non-empty string without whitespace")
-        if lease_ttl <= 0 or poll_interval <= 0 or socket_timeout <= 0:
-            raise ConfigurationError("lease_ttl, poll_interval and timeouts must be positive")
+        if sum(x is not None for x in (url, client_factory, client)) != 1:
+            raise ConfigurationError(
+                "RedisTokenStore needs exactly one of url, client_factory or client"
+            )
+        if url is None and redis_kwargs:
+            raise ConfigurationError("redis keyword arguments go with a url")
+        if not prefix or any(c.isspace() or c in "{}" for c in prefix):
+            raise ConfigurationError(
+                "prefix must be a non-empty string without whitespace or braces"
+            )
+        lease_ttl = seconds("lease_ttl", lease_ttl)
+        poll_interval = seconds("poll_interval", poll_interval)
+        socket_timeout = seconds("socket_timeout", socket_timeout)
+        socket_connect_timeout = seconds("socket_connect_timeout", socket_connect_timeout)
+        refresh_token_lifetime = seconds("refresh_token_lifetime", refresh_token_lifetime)
         if cipher is not None and encryption_key is not None:
             raise ConfigurationError("pass cipher or encryption_key, not both")
         if encryption_key is not None:
@@ -384,9 +444,11 @@ class RedisTokenStore:
                 ) from None
             self._server = _describe_server(url)
         else:
-            self._server = "<client_factory>"
+            self._server = "<client_factory>" if client is None else "<client>"
         self._url = url
         self._factory = client_factory
+        self._user_client = client
+        self._bound: tuple[int, weakref.ref[asyncio.AbstractEventLoop]] | None = None
         self._redis_kwargs: dict[str, Any] = {
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": socket_connect_timeout,
@@ -405,8 +467,11 @@ class RedisTokenStore:
         self._poll_interval = float(poll_interval)
         self._refresh_lifetime = float(refresh_token_lifetime)
         self._clock = clock or SYSTEM_CLOCK
-        self._states: PerLoop[_LoopState] = PerLoop(self._create_state, close=_LoopState.close)
+        self._states: PerLoop[_LoopState] = PerLoop(
+            self._create_state, close=_LoopState.close, abandon=_LoopState.abandon
+        )
         self._closed = False
+        self._warned_plaintext = False
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisTokenStore:
@@ -439,15 +504,15 @@ class RedisTokenStore:
 
     def token_key(self, key: str) -> str:
         """The Redis key of ``key``'s token pair."""
-        return f"{self._prefix}:{_check_key(key)}:token"
+        return f"{self._prefix}:{{{_check_key(key)}}}:token"
 
     def lease_key(self, key: str) -> str:
         """The Redis key of ``key``'s refresh lease."""
-        return f"{self._prefix}:{_check_key(key)}:lease"
+        return f"{self._prefix}:{{{_check_key(key)}}}:lease"
 
     def channel(self, key: str) -> str:
         """The pub/sub channel announcing changes of ``key``'s pair."""
-        return f"{self._prefix}:{_check_key(key)}:updated"
+        return f"{self._prefix}:{{{_check_key(key)}}}:updated"
 
     # --- TokenStore --------------------------------------------------------------------------
 
@@ -457,19 +522,23 @@ class RedisTokenStore:
         with _unavailable("load"):
             version, value = await state.client.hmget(token_key, ["v", "d"])
         if value is None:
+            if version is not None:
+                log.warning("stored token pair %s has no value; discarding it", token_key)
+                with _unavailable("discard"):
+                    await state.discard_empty(keys=[token_key], args=[self.channel(key)])
             return None
         try:
             raw = _as_bytes(value)
             if self._cipher is not None:
-                raw = self._cipher.decrypt(raw)
+                raw = self._unseal(key, self._cipher.decrypt(raw))
             token = StoredToken.from_json(raw)
             if version is None or token.version != int(version):
                 raise ValueError("version mismatch")
         except Exception as exc:
             # Never the value itself: it holds tokens.
             log.warning(
-                "stored token pair %s is unreadable (%s: wrong encryption key, other format or "
-                "corrupted); treating it as absent and discarding it",
+                "stored token pair %s is unreadable (%s: wrong encryption key, another key's "
+                "pair, other format or corrupted); treating it as absent and discarding it",
                 token_key,
                 type(exc).__name__,
             )
@@ -483,7 +552,15 @@ class RedisTokenStore:
             raise ValueError("a saved token's version must be expected_version + 1")
         value = token.to_json()
         if self._cipher is not None:
-            value = self._cipher.encrypt(value)
+            value = self._cipher.encrypt(self._seal(key, value))
+        elif not self._warned_plaintext:
+            self._warned_plaintext = True
+            log.info(
+                "token pairs are stored unencrypted in Redis (%s, prefix %r): anyone who can "
+                "read it can use them; pass encryption_key= to encrypt them at rest",
+                self._server,
+                self._prefix,
+            )
         token_key = self.token_key(key)
         state = self._state()
         args: list[bytes | str | int] = [
@@ -607,7 +684,27 @@ class RedisTokenStore:
                 pipe.hget(self.token_key(key), "v")
                 pipe.exists(self.lease_key(key))
                 stored, leased = await pipe.execute()
-        return int(stored or 0), bool(leased)
+        try:
+            version = int(stored or 0)
+        except ValueError:
+            # Garbage instead of a version: report a version nobody waits for, so the waiter
+            # loads the pair, and load() discards what it cannot read.
+            version = -1
+        return version, bool(leased)
+
+    def _binding(self, key: str) -> bytes:
+        return f"apimw-token-pair\0{self._prefix}\0{key}\0".encode()
+
+    def _seal(self, key: str, plaintext: bytes) -> bytes:
+        # The cipher has no associated data: the key the value belongs to is encrypted with it,
+        # so a value copied to another key (by anyone who can write to Redis) does not load.
+        return self._binding(key) + plaintext
+
+    def _unseal(self, key: str, plaintext: bytes) -> bytes:
+        binding = self._binding(key)
+        if not plaintext.startswith(binding):
+            raise ValueError("the stored pair belongs to another key")
+        return plaintext[len(binding) :]
 
     def _key_ttl(self, token: StoredToken) -> float:
         if token.refresh_token is not None:
@@ -631,6 +728,11 @@ class RedisTokenStore:
         return self._states.get()
 
     def _create_state(self) -> _LoopState:
+        if self._user_client is not None:
+            _bind(self, asyncio.get_running_loop(), "RedisTokenStore")
+            return _LoopState(
+                self._user_client, self._prefix, self._notifications, False, owns_client=False
+            )
         try:
             client = self._new_client()
         except (RedisError, OSError, ValueError) as exc:
@@ -641,8 +743,13 @@ class RedisTokenStore:
 
 
 def _check_key(key: str) -> str:
-    if not isinstance(key, str) or not key or len(key) > 200 or any(c.isspace() for c in key):
-        raise ValueError("a store key is a short non-empty string without whitespace")
+    if (
+        not isinstance(key, str)
+        or not key
+        or len(key) > 200
+        or any(c.isspace() or c in "{}" for c in key)
+    ):
+        raise ValueError("a store key is a short non-empty string without whitespace or braces")
     if key.startswith(("ak_", "sk_")):
         raise ValueError("a store key must be a hash of the API key, never the key itself")
     return key
