@@ -23,7 +23,7 @@ from ._errors import (
     ConfigurationError,
     MalformedResponseError,
 )
-from ._models import Credentials
+from ._models import Credentials, header_safe
 from ._send import send
 from ._sessions import SessionProvider
 from ._version import __version__
@@ -58,10 +58,15 @@ class TokenGrant:
         access = data.get("access_token")
         if not isinstance(access, str) or not access.strip():
             raise MalformedResponseError("token response: 'access_token' is missing or empty")
+        if not header_safe(access.strip()):
+            # CR/LF, spaces or non-ASCII: no request could carry it in a header.
+            raise MalformedResponseError(
+                "token response: 'access_token' has characters a header cannot carry"
+            )
         token_type = data.get("token_type", "Bearer")
         if token_type is None:
             token_type = "Bearer"
-        if not isinstance(token_type, str) or not token_type.strip() or " " in token_type.strip():
+        if not isinstance(token_type, str) or not header_safe(token_type.strip()):
             raise MalformedResponseError("token response: 'token_type' is not a word")
         expires_in = _lifetime(data.get("expires_in"))
         refresh = data.get("refresh_token")

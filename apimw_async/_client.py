@@ -20,6 +20,7 @@ from ._config import (
     DEFAULT_REQUEST_TIMEOUT,
     ENV_BASE_URL,
     LOGGER_NAME,
+    seconds,
 )
 from ._envelope import ApiResponse, RateLimitInfo
 from ._errors import AccessTokenError, APIMWError, ConfigurationError, RateLimitError
@@ -114,8 +115,7 @@ class Client:
                     "pass either a token_manager or credentials and token options, not both"
                 )
             self._owns_tokens = False
-        if timeout <= 0:
-            raise ConfigurationError("timeout must be positive")
+        timeout = seconds("timeout", timeout)
         self._tokens = token_manager
         # Backoff and throttle run on the client's clock: the token manager's unless given.
         self._clock: Clock = clock or token_manager.clock

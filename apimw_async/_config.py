@@ -6,7 +6,10 @@ the tests agree on one number.
 
 from __future__ import annotations
 
-from typing import Final
+import math
+from typing import Any, Final
+
+from ._errors import ConfigurationError
 
 #: The documented production base URL (``/v1`` included).
 DEFAULT_BASE_URL: Final = "https://api.apimw.com/v1"
@@ -58,8 +61,17 @@ MIN_BACKGROUND_RETRY_INTERVAL: Final = 1.0
 #: Name of the package logger; child loggers hang below it.
 LOGGER_NAME: Final = "apimw_async"
 
-#: Shared token stores: the lease outlives one token-endpoint attempt by this much ...
+#: Shared token stores: the longest lease outlives one token-endpoint attempt by this much ...
 STORE_LEASE_MARGIN: Final = 3.0
+#: ... but a lease is at most this fraction of the token lifetime, and at least this long (it is
+#: renewed every third of its length while its holder works; a dead holder's lapses) ...
+STORE_LEASE_LIFETIME_FRACTION: Final = 0.25
+STORE_MIN_LEASE_TTL: Final = 1.0
+#: ... a process waiting on another's lease logs a WARNING every this many seconds (or every
+#: half lease, if shorter) ...
+STORE_WAIT_WARNING: Final = 1.0
+#: ... a process holding a fresh token asks the store whether it was revoked this often ...
+STORE_CHECK_INTERVAL: Final = 5.0
 #: ... a process in its refresh window looks at the store again this often while another
 #: process holds the lease ...
 STORE_POLL_INTERVAL: Final = 0.25
@@ -67,3 +79,23 @@ STORE_POLL_INTERVAL: Final = 0.25
 STORE_RETRY_INTERVAL: Final = 5.0
 #: ... and a stored pair is assumed this much older than its writer's clock says (skew).
 STORE_CLOCK_SKEW: Final = 1.0
+
+
+def seconds(
+    name: str, value: Any, *, allow_zero: bool = False, allow_infinite: bool = False
+) -> float:
+    """``value`` as a duration in seconds, or a :class:`ConfigurationError` naming ``name``.
+
+    Only real numbers: ``"5"``, ``True`` and ``None`` are refused, and so are NaN (which
+    compares false to everything, so a ``NaN`` deadline would never pass) and, unless allowed,
+    infinity and zero.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    number = float(value)
+    if math.isnan(number) or number < 0 or (number == 0 and not allow_zero):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ConfigurationError(f"{name} must be a {kind} number of seconds, not {value!r}")
+    if math.isinf(number) and not allow_infinite:
+        raise ConfigurationError(f"{name} must be finite")
+    return number

@@ -9,7 +9,8 @@ for such state (the session provider, the token manager and the Redis store use 
 - closed inside its loop when that loop shuts down its async generators (``asyncio.run``,
   ``asyncio.Runner``, pytest-asyncio), or at once by :meth:`PerLoop.aclose`;
 - the values of loops found closed (``new_event_loop()`` / ``run_until_complete()`` /
-  ``close()``, which never shuts anything down) are abandoned when the next loop registers, so
+  ``close()``, which never shuts anything down) are abandoned when the next loop registers
+  (their pending tasks dropped quietly, the sockets still open on that loop closed), so
   neither those loops nor their sockets pile up;
 - in a forked child every value is orphaned: kept referenced for the life of the child and
   never used, closed or collected there, because its sockets and pipes are the parent's too.
@@ -25,7 +26,7 @@ import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
-__all__ = ["PerLoop", "on_loop_shutdown"]
+__all__ = ["PerLoop", "abandon_task", "on_loop_shutdown", "release_transport"]
 
 T = TypeVar("T")
 
@@ -108,10 +109,15 @@ class PerLoop(Generic[T]):
             return last[1]
         entry = self._entries.get(loop)
         if entry is None:
+            dropped: list[tuple[asyncio.AbstractEventLoop, _Entry[T]]] = []
             with self._lock:
                 entry = self._entries.get(loop)
                 if entry is None:
+                    dropped = self._take_closed()
                     entry = self._add(loop)
+            # Outside the lock: abandoning runs other libraries' clean-up code.
+            for closed, old in dropped:
+                self._drop(closed, old)
         self._last = (loop, entry.value)
         return entry.value
 
@@ -126,7 +132,6 @@ class PerLoop(Generic[T]):
             return [(loop, entry.value) for loop, entry in self._entries.items()]
 
     def _add(self, loop: asyncio.AbstractEventLoop) -> _Entry[T]:
-        self._prune()
         entry: _Entry[T] = _Entry(self._create())
 
         async def close() -> None:
@@ -146,10 +151,10 @@ class PerLoop(Generic[T]):
         self._entries[loop] = entry
         return entry
 
-    def _prune(self) -> None:
-        # Under the lock. A closed loop never runs its closer: release its value here.
-        for loop in [loop for loop in self._entries if loop.is_closed()]:
-            self._drop(loop, self._entries.pop(loop))
+    def _take_closed(self) -> list[tuple[asyncio.AbstractEventLoop, _Entry[T]]]:
+        # Under the lock. A closed loop never runs its closer: its value is released instead.
+        closed = [loop for loop in self._entries if loop.is_closed()]
+        return [(loop, self._entries.pop(loop)) for loop in closed]
 
     def _drop(self, loop: asyncio.AbstractEventLoop, entry: _Entry[T]) -> None:
         entry.abandoned = True
@@ -160,6 +165,10 @@ class PerLoop(Generic[T]):
             self._last = None
         if self._abandon is not None:
             self._abandon(entry.value)
+        # Whatever still holds a socket on that loop (a connection whose owner's clean-up
+        # could not run without the loop) can never be used again: free the descriptors.
+        for transport in list(getattr(loop, "_transports", {}).values()):
+            release_transport(transport)
 
     async def aclose(self) -> None:
         """Close the running loop's value now; abandon those of closed loops.
@@ -171,7 +180,9 @@ class PerLoop(Generic[T]):
         self._last = None
         with self._lock:
             entry = self._entries.pop(loop, None)
-            self._prune()
+            dropped = self._take_closed()
+        for closed, old in dropped:
+            self._drop(closed, old)
         if entry is not None and entry.closer is not None:
             await entry.closer.aclose()
 
@@ -183,6 +194,36 @@ class PerLoop(Generic[T]):
         self._lock = threading.Lock()
         if self._after_fork is not None:
             self._after_fork()
+
+
+def abandon_task(task: asyncio.Task[Any] | None) -> None:
+    """Forget a task left pending on a closed loop, quietly.
+
+    Its loop can never run it again. Collected as it is, its coroutine would be closed by the
+    garbage collector (where library clean-up code that needs a running loop raises, as an
+    "exception ignored") and asyncio would log "Task was destroyed but it is pending".
+    """
+    if task is None or task.done():
+        return
+    task._log_destroy_pending = False  # type: ignore[attr-defined]
+    with contextlib.suppress(BaseException):
+        task.get_coro().close()
+
+
+def release_transport(transport: Any) -> None:
+    """Close the socket of a transport whose loop is closed (so ``transport.close()``, which
+    schedules on that loop, cannot). Selector transports only; others are left to the
+    collector."""
+    if transport is None:
+        return
+    with contextlib.suppress(Exception):
+        transport.close()  # marks it closing; fails on the closed loop before the socket
+    sock = getattr(transport, "_sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()
+        # (its finalizer would warn about an unclosed transport otherwise)
+        transport._sock = None
 
 
 _REGISTRIES: weakref.WeakSet[PerLoop[Any]] = weakref.WeakSet()

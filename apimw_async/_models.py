@@ -17,7 +17,15 @@ import attrs
 from ._config import ENV_API_KEY, ENV_API_SECRET
 from ._errors import ConfigurationError, MalformedResponseError
 
-__all__ = ["Credentials", "CurrentUser", "Tenant", "Token", "User", "fingerprint"]
+__all__ = [
+    "Credentials",
+    "CurrentUser",
+    "Tenant",
+    "Token",
+    "User",
+    "fingerprint",
+    "header_safe",
+]
 
 
 def fingerprint(secret: str | None) -> str:
@@ -25,6 +33,15 @@ def fingerprint(secret: str | None) -> str:
     if not secret:
         return "-"
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
+def header_safe(value: str) -> bool:
+    """Whether ``value`` can go into an HTTP header as one token: visible ASCII, no spaces.
+
+    A bearer token holding CR/LF (or anything outside Latin-1) makes aiohttp refuse every
+    request that carries it, for the token's whole life: such a token is a malformed answer.
+    """
+    return bool(value) and all("!" <= c <= "~" for c in value)
 
 
 def _mask_key(api_key: str) -> str:

@@ -12,17 +12,18 @@ import collections
 import enum
 import random
 import threading
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 from multidict import CIMultiDict
 
 from ._clock import Clock
-from ._config import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP, MAX_RETRY_AFTER
+from ._config import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP, MAX_RETRY_AFTER, seconds
 from ._envelope import RateLimitInfo
 from ._errors import (
     APIConnectionError,
     APIMWError,
+    ConfigurationError,
     RateLimitError,
     ServerError,
 )
@@ -110,6 +111,19 @@ def advised_wait(error: BaseException, *, now: float | None = None) -> float | N
     return None
 
 
+def _attempts(_: Any, attribute: attrs.Attribute[int], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"RetryPolicy.{attribute.name} must be an integer >= 1")
+
+
+def _positive(_: Any, attribute: attrs.Attribute[float], value: Any) -> None:
+    seconds(f"RetryPolicy.{attribute.name}", value)
+
+
+def _non_negative(_: Any, attribute: attrs.Attribute[float], value: Any) -> None:
+    seconds(f"RetryPolicy.{attribute.name}", value, allow_zero=True)
+
+
 @attrs.frozen
 class RetryPolicy:
     """Exponential backoff with full jitter, honouring server-advised waits.
@@ -126,13 +140,11 @@ class RetryPolicy:
     >>> Client(credentials, retry_policy=RetryPolicy(max_attempts=5, max_wait=90))  # doctest: +SKIP
     """
 
-    max_attempts: int = attrs.field(default=3, validator=attrs.validators.ge(1))
-    backoff_base: float = attrs.field(
-        default=DEFAULT_BACKOFF_BASE, validator=attrs.validators.gt(0)
-    )
-    backoff_cap: float = attrs.field(default=DEFAULT_BACKOFF_CAP, validator=attrs.validators.gt(0))
-    max_wait: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
-    max_retry_after: float = attrs.field(default=MAX_RETRY_AFTER, validator=attrs.validators.ge(0))
+    max_attempts: int = attrs.field(default=3, validator=_attempts)
+    backoff_base: float = attrs.field(default=DEFAULT_BACKOFF_BASE, validator=_positive)
+    backoff_cap: float = attrs.field(default=DEFAULT_BACKOFF_CAP, validator=_positive)
+    max_wait: float = attrs.field(default=30.0, validator=_non_negative)
+    max_retry_after: float = attrs.field(default=MAX_RETRY_AFTER, validator=_non_negative)
 
     def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
         """Full-jitter delay before retry number ``attempt`` (0 for the first retry)."""

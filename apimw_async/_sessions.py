@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 
 from ._errors import ClientClosedError
-from ._loops import PerLoop
+from ._loops import PerLoop, release_transport
 
 __all__ = ["SessionProvider"]
 
@@ -87,17 +87,11 @@ def _abandon(session: aiohttp.ClientSession) -> None:
     if connector is None or connector.closed:
         return
     # Idle pooled connections hold a socket each: close them now rather than when the garbage
-    # collector finds their transports (with a ResourceWarning, maybe much later). The loop is
-    # closed, so the transports' own close() (which schedules on it) cannot be used.
+    # collector finds their transports (with a ResourceWarning, maybe much later).
     conns: dict[Any, Any] = getattr(connector, "_conns", {})
     for idle in list(conns.values()):
         for proto, _ in idle:
-            transport = getattr(proto, "transport", None)
-            sock = getattr(transport, "_sock", None)
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.close()
-                transport._sock = None  # type: ignore[union-attr]
+            release_transport(getattr(proto, "transport", None))
     conns.clear()
     # Marks the connector closed (it returns early for a closed loop), so that neither it nor
     # the session warns "unclosed" when collected.

@@ -12,12 +12,23 @@ through :func:`asyncio.shield`, so cancelling a caller never cancels it; it comm
 pair before it finishes, so a rotated refresh token is never lost; only :meth:`aclose`
 cancels it. Refresh tokens are single-use: one is taken out of the manager (under a thread
 lock) before it is sent and put back only if the server certainly did not see it.
+
+The acquisition, step by step::
+
+    _start_acquisition      one task per loop; callers await it shielded
+    _acquisition            the task: a failed background refresh keeps the valid token
+    _retry_until_deadline   attempts, backoff, the shared cool-down, the deadline
+    _obtain_once            one attempt: through the fleet's store (stores._fleet.Fleet), or alone
+    _call_token_endpoint    one HTTP call: the refresh token if held, else the credentials
+    _commit                 the new pair becomes current (before the task ends)
+
+With a shared store, FRESH also asks the store every few seconds (in the background) whether
+another process revoked the token.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import inspect
 import logging
@@ -49,10 +60,9 @@ from ._config import (
     MIN_BACKGROUND_RETRY_INTERVAL,
     REFRESH_TOKEN_LIFETIME,
     REFRESH_TOKEN_SAFETY_MARGIN,
-    STORE_CLOCK_SKEW,
+    STORE_CHECK_INTERVAL,
     STORE_LEASE_MARGIN,
-    STORE_POLL_INTERVAL,
-    STORE_RETRY_INTERVAL,
+    seconds,
 )
 from ._errors import (
     APIMWError,
@@ -60,15 +70,15 @@ from ._errors import (
     ConfigurationError,
     InvalidCredentialsError,
     InvalidRefreshTokenError,
-    StoreUnavailableError,
     TokenUnavailableError,
 )
-from ._loops import PerLoop
+from ._loops import PerLoop, abandon_task
 from ._models import Credentials, Token, fingerprint
 from ._retry import Outcome, RetryPolicy, is_transient, outcome_of
 from ._sessions import SessionProvider
 from ._urls import normalize_base_url
-from .stores import StoredToken, TokenStore
+from .stores import TokenStore
+from .stores._fleet import Fleet
 
 __all__ = ["RefreshPolicy", "TokenHook", "TokenManager", "TokenStats"]
 
@@ -95,6 +105,12 @@ class RefreshPolicy:
     expiry_margin_fraction: float = attrs.field(default=DEFAULT_EXPIRY_MARGIN_FRACTION)
 
     def __attrs_post_init__(self) -> None:
+        seconds("RefreshPolicy.max_window", self.max_window)
+        seconds("RefreshPolicy.expiry_margin", self.expiry_margin, allow_zero=True)
+        seconds("RefreshPolicy.jitter", self.jitter, allow_zero=True)
+        seconds(
+            "RefreshPolicy.expiry_margin_fraction", self.expiry_margin_fraction, allow_zero=True
+        )
         if not 0 < self.fraction < 1:
             raise ConfigurationError("RefreshPolicy.fraction must be between 0 and 1")
         if self.max_window <= 0 or self.expiry_margin < 0 or self.jitter < 0:
@@ -162,6 +178,12 @@ class _LoopState:
         self.inflight: asyncio.Task[Token] | None = None
         self.hooks: set[asyncio.Task[Any]] = set()
 
+    def abandon(self) -> None:
+        # Its loop was closed (not shut down) with these still pending: they never finish.
+        abandon_task(self.inflight)
+        for task in list(self.hooks):
+            abandon_task(task)
+
 
 class TokenManager:
     """Obtains, caches and refreshes APIMW access tokens.
@@ -199,8 +221,14 @@ class TokenManager:
     ) -> None:
         if not isinstance(credentials, Credentials):
             raise ConfigurationError("credentials must be an apimw_async.Credentials")
-        if deadline <= 0 or request_timeout <= 0:
-            raise ConfigurationError("deadline and request_timeout must be positive")
+        deadline = seconds("deadline", deadline)
+        request_timeout = seconds("request_timeout", request_timeout)
+        permanent_failure_cooldown = seconds(
+            "permanent_failure_cooldown", permanent_failure_cooldown, allow_zero=True
+        )
+        refresh_token_lifetime = seconds("refresh_token_lifetime", refresh_token_lifetime)
+        if lease_ttl is not None:
+            lease_ttl = seconds("lease_ttl", lease_ttl)
         self._credentials = credentials
         self._base_url = normalize_base_url(
             base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL,
@@ -226,13 +254,12 @@ class TokenManager:
         self._api = AuthAPI(self._base_url, self._sessions, self._clock)
         if session is not None:
             self._api.check_session(session)
-        self._store = store
-        self._lease_ttl = (
+        lease = (
             float(lease_ttl)
             if lease_ttl is not None
             else (self._request_timeout + STORE_LEASE_MARGIN)
         )
-        if self._lease_ttl <= self._request_timeout:
+        if lease <= self._request_timeout:
             raise ConfigurationError(
                 "lease_ttl must be longer than request_timeout, or a lease could lapse while "
                 "its holder is still refreshing"
@@ -241,15 +268,22 @@ class TokenManager:
         self._store_key = hashlib.sha256(
             f"{self._base_url}\0{credentials.api_key}".encode("utf-8", "surrogatepass")
         ).hexdigest()[:32]
-        self._store_down_until = float("-inf")
-        self._rejected: str | None = None
+        self._fleet: Fleet | None = (
+            None
+            if store is None
+            else Fleet(store, self._store_key, self, clock=self._clock, lease_ttl=lease)
+        )
+        # When get_token() next asks the store whether the current token was revoked.
+        self._store_check_at = float("inf") if store is None else float("-inf")
 
         self._token: Token | None = None
         self._refresh: _RefreshToken | None = None
         # Guards the refresh token (take / put back / replace), which threads running other
         # event loops may touch too; never held across an await.
         self._lock = threading.Lock()
-        self._loops: PerLoop[_LoopState] = PerLoop(_LoopState, after_fork=self._after_fork)
+        self._loops: PerLoop[_LoopState] = PerLoop(
+            _LoopState, abandon=_LoopState.abandon, after_fork=self._after_fork
+        )
         self._cooldown_until = float("-inf")
         self._cooldown_cause: BaseException | None = None
         self._permanent_error: InvalidCredentialsError | None = None
@@ -290,7 +324,7 @@ class TokenManager:
     @property
     def store(self) -> TokenStore | None:
         """The shared token store, if any."""
-        return self._store
+        return None if self._fleet is None else self._fleet.store
 
     @property
     def store_key(self) -> str:
@@ -310,6 +344,8 @@ class TokenManager:
         if token is not None:
             now = self._monotonic()
             if now < token.refresh_at:
+                if now >= self._store_check_at:
+                    self._check_store_in_background(token, now)
                 return token
             if now < token.expires_at:
                 self._refresh_in_background(now)
@@ -327,8 +363,9 @@ class TokenManager:
         if current is None or (current is not token and current.access_token != token.access_token):
             return False
         self._token = None
-        # A shared store may still hold it: never adopt it again.
-        self._rejected = token.access_token
+        if self._fleet is not None:
+            # A shared store may still hold it: never adopt it again.
+            self._fleet.reject(token.access_token)
         self.stats.invalidations += 1
         log.info("access token %s invalidated after a 401", token.fingerprint)
         return True
@@ -337,9 +374,11 @@ class TokenManager:
         """Revoke the current access token at the server and forget the local token pair.
 
         The pair is forgotten first, whatever the server answers, so no caller goes on using a
-        token being revoked. ``field`` names the body field carrying the token (the revoke
-        page of the docs is missing; ``token`` is the default). Returns ``True`` if a token
-        was revoked by this call.
+        token being revoked; with a shared store it is marked revoked there too, so no process
+        adopts it or sends its refresh token again, and processes holding it drop it within
+        5 seconds (their next look at the store). ``field`` names the body field carrying the
+        token (the revoke page of the docs is missing; ``token`` is the default). Returns
+        ``True`` if a token was revoked by this call.
         """
         token = self._token
         self._token = None
@@ -349,6 +388,8 @@ class TokenManager:
             return False
         if self._closed:
             raise ClientClosedError("this token manager was closed")
+        if self._fleet is not None:
+            await self._fleet.revoke(token.access_token)
         revoked = await self._api.revoke(
             token.authorization, token.access_token, field=field, timeout=self._request_timeout
         )
@@ -414,7 +455,7 @@ class TokenManager:
         state = self._state()
         if state.inflight is None:
             self.stats.background_refreshes += 1
-            self._start(state, background=True)
+            self._start_acquisition(state, background=True)
 
     async def _wait_for_token(self) -> Token:
         if self._closed:
@@ -426,7 +467,7 @@ class TokenManager:
                 if self._clock.monotonic() < self._permanent_until:
                     raise self._permanent_error
                 self._permanent_error = None
-            task = self._start(state, background=False)
+            task = self._start_acquisition(state, background=False)
         self.stats.waits += 1
         try:
             # shield: a caller's cancellation or timeout must never cancel the shared task.
@@ -437,17 +478,20 @@ class TokenManager:
                 raise ClientClosedError("this token manager was closed") from None
             raise
 
-    def _start(self, state: _LoopState, *, background: bool) -> asyncio.Task[Token]:
+    def _start_acquisition(self, state: _LoopState, *, background: bool) -> asyncio.Task[Token]:
+        """The one acquisition task of this loop (callers await it shielded)."""
         task = asyncio.get_running_loop().create_task(
-            self._run(state, background), name="apimw-token-acquire"
+            self._acquisition(state, background), name="apimw-token-acquire"
         )
         state.inflight = task
         task.add_done_callback(_retrieve)
         return task
 
-    async def _run(self, state: _LoopState, background: bool) -> Token:
+    async def _acquisition(self, state: _LoopState, background: bool) -> Token:
+        """The task's body: retry until a token or the deadline; a failed background refresh
+        is logged and retried later, the valid token staying in use."""
         try:
-            return await self._acquire(background)
+            return await self._retry_until_deadline(background)
         except Exception as exc:
             if background:
                 now = self._clock.monotonic()
@@ -464,7 +508,8 @@ class TokenManager:
             if state.inflight is asyncio.current_task():
                 state.inflight = None
 
-    async def _acquire(self, background: bool) -> Token:
+    async def _retry_until_deadline(self, background: bool) -> Token:
+        """Attempts until one gives a token; backoff and the shared cool-down between them."""
         clock = self._clock
         deadline = clock.monotonic() + self._deadline
         attempt = 0
@@ -479,7 +524,7 @@ class TokenManager:
                 log.info("token endpoint cool-down: waiting %.2fs", wait)
                 await clock.sleep(wait)
             try:
-                token = await self._obtain(deadline, background)
+                token = await self._obtain_once(deadline, background)
             except InvalidCredentialsError as exc:
                 self._permanent_error = exc
                 self._permanent_until = clock.monotonic() + self._permanent_cooldown
@@ -511,152 +556,38 @@ class TokenManager:
                 continue
             return token
 
-    async def _obtain(self, deadline: float, background: bool) -> Token:
-        """One attempt at a valid token: through the shared store, or locally."""
-        store = self._store
-        now = self._clock.monotonic()
-        if store is not None and now >= self._store_down_until:
-            try:
-                token = await self._obtain_shared(store, deadline, background)
-            except StoreUnavailableError as exc:
-                self._store_unavailable(exc)
-            else:
-                if self._store_down_until != float("-inf"):
-                    self._store_down_until = float("-inf")
-                    log.warning("token store reachable again; sharing tokens again")
+    async def _obtain_once(self, deadline: float, background: bool) -> Token:
+        """One attempt at a valid token: through the fleet's store, or alone."""
+        fleet = self._fleet
+        if fleet is not None:
+            token = await fleet.obtain(deadline, background)
+            if token is not None:
                 return token
-        if store is not None:
             # Working alone while the store is away: a refresh token other processes know may
             # be spent by them at any moment, so only one this process obtained alone is used.
             with self._lock:
                 if self._refresh is not None and self._refresh.shared:
                     self._refresh = None
-        return self._commit(await self._attempt(deadline))
+        return self._commit(await self._call_token_endpoint(deadline))
 
-    def _store_unavailable(self, exc: StoreUnavailableError) -> None:
-        if self._store_down_until == float("-inf"):
-            self.stats.store_outages += 1
-            log.warning(
-                "token store unavailable (%s); working locally with the credentials, "
-                "retrying the store in %gs",
-                exc,
-                STORE_RETRY_INTERVAL,
-            )
-        self._store_down_until = self._clock.monotonic() + STORE_RETRY_INTERVAL
+    def _check_store_in_background(self, token: Token, now: float) -> None:
+        """Ask the store (in the background) whether another process revoked ``token`` or
+        the fleet has a newer pair."""
+        fleet = self._fleet
+        if fleet is None or self._closed:
+            return
+        self._store_check_at = now + STORE_CHECK_INTERVAL
+        state = self._state()
 
-    async def _obtain_shared(self, store: TokenStore, deadline: float, background: bool) -> Token:
-        key = self._store_key
-        clock = self._clock
-        while True:
-            stored = await store.load(key)
-            adopted = self._adopt(stored)
-            now = clock.monotonic()
-            if adopted is not None and not adopted.needs_refresh(now):
-                return adopted
-            owner = await store.acquire_lease(key, self._lease_ttl)
-            if owner is None:
-                # Another process is refreshing: wait for its pair, not the token endpoint.
-                current = self._token
-                if background and current is not None and not current.is_expired(now):
-                    self._next_background_at = now + STORE_POLL_INTERVAL
-                    return current
-                if now >= deadline:
-                    raise TokenUnavailableError(
-                        "another process holds the refresh lease and published no token "
-                        "within the deadline"
-                    )
-                await store.wait_for_update(
-                    key, stored.version if stored else 0, min(deadline - now, self._lease_ttl)
-                )
-                continue
-            try:
-                token = await self._refresh_under_lease(store, key, deadline)
-            finally:
-                with contextlib.suppress(StoreUnavailableError):
-                    await store.release_lease(key, owner)
-            if token is not None:
-                return token
-
-    async def _refresh_under_lease(
-        self, store: TokenStore, key: str, deadline: float
-    ) -> Token | None:
-        """Holding the lease: refresh, save with compare-and-set; ``None`` to start over."""
-        stored = await store.load(key)
-        adopted = self._adopt(stored)
-        if adopted is not None and not adopted.needs_refresh(self._clock.monotonic()):
-            return adopted
-        version = stored.version if stored else 0
-        taken: _RefreshToken | None = None
-        if stored is not None and stored.refresh_token is not None:
-            # Spend it in the store before sending it: a holder that dies mid-refresh must not
-            # leave it behind for the next holder to send again.
-            spent = stored.spent()
-            if not await store.save(key, spent, expected_version=version):
-                return None
-            version = spent.version
-            taken = _RefreshToken(stored.refresh_token, stored.refresh_issued_at, shared=True)
-        with self._lock:
-            self._refresh = taken
-        try:
-            grant = await self._attempt(deadline)
-        except BaseException:
-            with self._lock:
-                put_back = self._refresh is taken and taken is not None
-            if put_back and stored is not None:
-                # The server never saw it (refused connection, 429): give it back to the fleet.
-                with contextlib.suppress(StoreUnavailableError):
-                    await store.save(
-                        key, attrs.evolve(stored, version=version + 1), expected_version=version
-                    )
-            raise
-        token = self._commit(grant, shared=True)
-        new = StoredToken(
-            access_token=grant.access_token,
-            token_type=grant.token_type,
-            expires_in=grant.expires_in,
-            refresh_token=grant.refresh_token,
-            issued_at=grant.sent_at_wall,
-            refresh_issued_at=grant.sent_at_wall,
-            version=version + 1,
+        task = asyncio.get_running_loop().create_task(
+            fleet.check(token), name="apimw-token-store-check"
         )
-        try:
-            if not await store.save(key, new, expected_version=version):
-                log.warning("a newer token pair was stored meanwhile; ours is used locally only")
-        except StoreUnavailableError as exc:
-            # The new pair is committed here already; only sharing it failed.
-            self._store_unavailable(exc)
-        return token
+        state.hooks.add(task)
+        task.add_done_callback(state.hooks.discard)
+        task.add_done_callback(_retrieve)
 
-    def _adopt(self, stored: StoredToken | None) -> Token | None:
-        """Take a stored pair (another process's) as this process's token, if usable."""
-        if stored is None or stored.access_token == self._rejected:
-            return None
-        current = self._token
-        if current is not None and current.access_token == stored.access_token:
-            return current
-        if current is not None and current.issued_at >= stored.issued_at:
-            return None
-        now_mono = self._clock.monotonic()
-        # Another machine's wall clock wrote issued_at: assume it a little later than ours.
-        skew = min(STORE_CLOCK_SKEW, stored.expires_in * 0.05)
-        age = max(0.0, self._clock.time() - stored.issued_at + skew)
-        token = self._make_token(
-            stored.access_token,
-            stored.token_type,
-            stored.expires_in,
-            stored.refresh_token,
-            sent_at=now_mono - age,
-            sent_at_wall=stored.issued_at,
-        )
-        if token.is_expired(now_mono):
-            return None
-        self._token = token
-        self._next_background_at = float("-inf")
-        self.stats.adopted += 1
-        log.info("adopted access token %s from the token store", token.fingerprint)
-        return token
-
-    async def _attempt(self, deadline: float) -> TokenGrant:
+    async def _call_token_endpoint(self, deadline: float) -> TokenGrant:
+        """One token-endpoint call: refresh with the held refresh token, else the credentials."""
         timeout = min(self._request_timeout, max(0.05, deadline - self._clock.monotonic()))
         refresh = self._take_refresh_token()
         if refresh is not None:
@@ -691,6 +622,60 @@ class TokenManager:
         except APIMWError:
             self.stats.failures += 1
             raise
+
+    # --- the fleet's view of this manager (stores._fleet.FleetMember) ------------------------
+
+    def make_token(
+        self,
+        access_token: str,
+        token_type: str,
+        expires_in: float,
+        refresh_token: str | None,
+        *,
+        sent_at: float,
+        sent_at_wall: float,
+    ) -> Token:
+        return self._make_token(
+            access_token,
+            token_type,
+            expires_in,
+            refresh_token,
+            sent_at=sent_at,
+            sent_at_wall=sent_at_wall,
+        )
+
+    def adopt(self, token: Token) -> None:
+        self._token = token
+        self._next_background_at = float("-inf")
+        self.stats.adopted += 1
+        log.info("adopted access token %s from the token store", token.fingerprint)
+
+    def defer_background_refresh(self, until: float) -> None:
+        self._next_background_at = until
+
+    def forget(self, token: Token) -> None:
+        if self._token is token:
+            self._token = None
+            with self._lock:
+                self._refresh = None
+
+    def hand_over_refresh_token(self, value: str | None, issued_at_wall: float) -> object:
+        taken = None if value is None else _RefreshToken(value, issued_at_wall, shared=True)
+        with self._lock:
+            self._refresh = taken
+        return taken
+
+    def refresh_token_unsent(self, handle: object) -> bool:
+        with self._lock:
+            return handle is not None and self._refresh is handle
+
+    async def call_token_endpoint(self, deadline: float) -> TokenGrant:
+        return await self._call_token_endpoint(deadline)
+
+    def commit(self, grant: TokenGrant, *, shared: bool) -> Token:
+        return self._commit(grant, shared=shared)
+
+    # --- the refresh token slot and the commit step ------------------------------------------
 
     def _take_refresh_token(self) -> _RefreshToken | None:
         now_wall = self._clock.time()

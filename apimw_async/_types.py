@@ -499,7 +499,7 @@ TemplateComponentInput = TemplateHeaderImage | TemplateBody | TemplateUrlButton 
 
 def components_payload(components: Iterable[TemplateComponentInput]) -> list[dict[str, Any]]:
     """The JSON list for ``components``; builders are expanded, mappings copied."""
-    if isinstance(components, (str, bytes, Mapping)):
+    if isinstance(components, (str, bytes, Mapping)) or not isinstance(components, Iterable):
         raise ValidationError("components must be a list of components", field="components")
     payload: list[dict[str, Any]] = []
     for component in components:

@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from apimw_async import Client
+from apimw_async import Client, FakeClock
+from apimw_async._config import STORE_CHECK_INTERVAL
 from apimw_async._loops import PerLoop
 from apimw_async.testing import FakeAPIMW
 
@@ -203,6 +204,40 @@ def test_a_loop_per_call_leaks_neither_sockets_nor_loops() -> None:
         assert fake.stats.token_calls == 1
         asyncio.run(client.aclose())
         assert client._sessions.loops == 0
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_a_loop_per_call_with_a_redis_store_leaves_nothing_behind(redis_url: str) -> None:
+    from apimw_async.stores.redis import RedisTokenStore
+
+    clock = FakeClock()
+    with ServerThread() as fake:
+        store = RedisTokenStore.from_url(redis_url, prefix=f"apimw-loops-{uuid.uuid4().hex[:10]}")
+        client = Client(fake.credentials, base_url=fake.base_url, store=store, clock=clock)
+
+        def call() -> None:
+            loop = asyncio.new_event_loop()
+            try:
+                loop.run_until_complete(client.auth.me())
+            finally:
+                loop.close()  # with the store check (and its Redis command) maybe in flight
+            clock.advance(STORE_CHECK_INTERVAL)  # every call starts a store check
+
+        call()
+        fds, loops = _open_fds(), _live_loops()
+        for _ in range(30):
+            call()
+        # Redis connections, the store check's task, the sessions: all released with their
+        # loop (pytest turns any "unclosed" warning or ignored exception into a failure).
+        assert _open_fds() - fds <= 4
+        assert _live_loops() - loops <= 1
+        assert fake.stats.token_calls == 1
+
+        async def close() -> None:
+            await client.aclose()
+            await store.aclose()
+
+        asyncio.run(close())
 
 
 def test_per_loop_values_close_at_loop_shutdown_and_are_abandoned_for_closed_loops() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from .._errors import ValidationError
 from .._types import Webhook
 from ._checks import check_events, check_name, check_webhook_url
 
@@ -43,6 +44,11 @@ class WebhooksResource:
         >>> hook                                                      # doctest: +SKIP
         Webhook(id='whk_...', url='https://example.com/apimw/hook', events=(...), active=True, ...)
         """
+        if not isinstance(events, Iterable):
+            # (not even validate=False can send that)
+            raise ValidationError(
+                "events must be a list of event names, e.g. ['message.delivered']", field="events"
+            )
         event_list: Any = events if isinstance(events, (str, bytes)) else list(events)
         if self._client.validate:
             check_webhook_url(url, allow_loopback_http=self._client.allows_plain_http)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import secrets
 from typing import Any, Protocol, runtime_checkable
 
@@ -30,6 +31,7 @@ import attrs
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._errors import MalformedResponseError
+from .._models import header_safe
 
 __all__ = ["MemoryTokenStore", "StoredToken", "TokenStore"]
 
@@ -43,6 +45,7 @@ class StoredToken:
     ``issued_at`` is when the token request was sent (epoch seconds); the access token expires
     ``expires_in`` seconds later. ``refresh_token`` is ``None`` once it was spent (or never
     given). ``version`` is 1 for the first pair saved under a key and grows by one per save.
+    ``revoked`` marks a pair revoked by :meth:`TokenManager.revoke`: nobody adopts it.
     """
 
     access_token: str
@@ -52,6 +55,7 @@ class StoredToken:
     issued_at: float
     refresh_issued_at: float
     version: int
+    revoked: bool = False
 
     @property
     def expires_at(self) -> float:
@@ -70,6 +74,7 @@ class StoredToken:
                 "issued_at": self.issued_at,
                 "refresh_issued_at": self.refresh_issued_at,
                 "version": self.version,
+                "revoked": self.revoked,
             },
             separators=(",", ":"),
         ).encode()
@@ -82,14 +87,18 @@ class StoredToken:
             if not isinstance(data, dict) or data.get("format") != _FORMAT:
                 raise ValueError("unknown format")
             refresh = data["refresh_token"]
+            revoked = data.get("revoked", False)
+            if not isinstance(revoked, bool):
+                raise TypeError("revoked is not a boolean")
             token = cls(
-                access_token=_str(data["access_token"]),
-                token_type=_str(data["token_type"]),
+                access_token=_header_value(data["access_token"]),
+                token_type=_header_value(data["token_type"]),
                 expires_in=_float(data["expires_in"]),
                 refresh_token=None if refresh is None else _str(refresh),
                 issued_at=_float(data["issued_at"]),
                 refresh_issued_at=_float(data["refresh_issued_at"]),
                 version=int(data["version"]),
+                revoked=revoked,
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             # Not raised in here: the decoder's error (the implicit __context__) holds the
@@ -104,9 +113,14 @@ class StoredToken:
         """The same pair with the refresh token removed, as the next version."""
         return attrs.evolve(self, refresh_token=None, version=self.version + 1)
 
+    def revoked_copy(self) -> StoredToken:
+        """The same pair marked revoked, without its refresh token, as the next version."""
+        return attrs.evolve(self, refresh_token=None, revoked=True, version=self.version + 1)
+
     def __repr__(self) -> str:
         return (
-            f"StoredToken(version={self.version}, expires_in={self.expires_in!r}, "
+            f"StoredToken(version={self.version}, revoked={self.revoked}, "
+            f"expires_in={self.expires_in!r}, "
             f"issued_at={self.issued_at!r}, refresh_token={'***' if self.refresh_token else None})"
         )
 
@@ -117,9 +131,18 @@ def _str(value: Any) -> str:
     return value
 
 
+def _header_value(value: Any) -> str:
+    # A value that cannot go into a header would break every request for its whole life.
+    if not isinstance(value, str) or not header_safe(value):
+        raise TypeError("expected a header-safe string")
+    return value
+
+
 def _float(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError("expected a number")
+    if not math.isfinite(value):
+        raise ValueError("expected a finite number")
     return float(value)
 
 

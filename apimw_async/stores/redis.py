@@ -47,9 +47,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from .._clock import SYSTEM_CLOCK, Clock
-from .._config import LOGGER_NAME, REFRESH_TOKEN_LIFETIME
+from .._config import LOGGER_NAME, REFRESH_TOKEN_LIFETIME, seconds
 from .._errors import ConfigurationError, StoreUnavailableError
-from .._loops import PerLoop
+from .._loops import PerLoop, abandon_task, release_transport
 from . import StoredToken
 from ._redis_limiter import LimiterStats, RedisRateLimiter, _bind
 
@@ -100,6 +100,17 @@ _DISCARD: Final = """
 if redis.call('HGET', KEYS[1], 'd') == ARGV[1] then
   redis.call('DEL', KEYS[1])
   redis.call('PUBLISH', ARGV[2], '0')
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] token hash; ARGV: channel. A hash with a version but no pair (written by hand, or
+# half-deleted) would fail every compare-and-set: deleted if it still has no pair.
+_DISCARD_EMPTY: Final = """
+if redis.call('HEXISTS', KEYS[1], 'd') == 0 and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[1], '0')
   return 1
 end
 return 0
@@ -216,6 +227,7 @@ class _Listener:
         self._events: dict[str, set[asyncio.Event]] = {}
         self._subscribed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._pubsub: Any = None
         self._loop = asyncio.get_running_loop()
         self._retry_at = float("-inf")
         self._idle_since = self._loop.time()
@@ -260,7 +272,7 @@ class _Listener:
                 event.set()
 
     async def _run(self) -> None:
-        pubsub = self._client.pubsub()
+        pubsub = self._pubsub = self._client.pubsub()
         try:
             await pubsub.psubscribe(self._pattern)
             while True:
@@ -313,10 +325,34 @@ class _LoopState:
         self.owns_client = owns_client
         self.save = client.register_script(_SAVE)
         self.discard = client.register_script(_DISCARD)
+        self.discard_empty = client.register_script(_DISCARD_EMPTY)
         self.renew = client.register_script(_RENEW)
         self.release = client.register_script(_RELEASE)
         self.listener = _Listener(client, prefix) if notifications else None
         self.probes: dict[str, asyncio.Task[tuple[int, bool]]] = {}
+
+    def abandon(self) -> None:
+        """Release what a closed loop left behind (no await possible): the listener's task,
+        the probes in flight and the connections' sockets."""
+        # A client you made is yours (and a RedisCluster has no single pool): only ours here.
+        pool: Any = getattr(self.client, "connection_pool", None) if self.owns_client else None
+        connections: list[Any] = [
+            *getattr(pool, "_available_connections", ()),
+            *getattr(pool, "_in_use_connections", ()),
+        ]
+        tasks: list[asyncio.Task[Any] | None] = list(self.probes.values())
+        if self.listener is not None:
+            tasks.append(self.listener._task)
+            connections.append(getattr(self.listener._pubsub, "connection", None))
+        # The transports first: closing a task's coroutine runs redis-py clean-up code that
+        # forgets a connection's writer without being able to close it.
+        transports = [getattr(getattr(c, "_writer", None), "transport", None) for c in connections]
+        for task in tasks:
+            abandon_task(task)
+        for connection, transport in zip(connections, transports, strict=True):
+            release_transport(transport)
+            if connection is not None:
+                connection._writer = connection._reader = None
 
     async def close(self) -> None:
         if self.listener is not None:
@@ -388,8 +424,11 @@ class RedisTokenStore:
             raise ConfigurationError(
                 "prefix must be a non-empty string without whitespace or braces"
             )
-        if lease_ttl <= 0 or poll_interval <= 0 or socket_timeout <= 0:
-            raise ConfigurationError("lease_ttl, poll_interval and timeouts must be positive")
+        lease_ttl = seconds("lease_ttl", lease_ttl)
+        poll_interval = seconds("poll_interval", poll_interval)
+        socket_timeout = seconds("socket_timeout", socket_timeout)
+        socket_connect_timeout = seconds("socket_connect_timeout", socket_connect_timeout)
+        refresh_token_lifetime = seconds("refresh_token_lifetime", refresh_token_lifetime)
         if cipher is not None and encryption_key is not None:
             raise ConfigurationError("pass cipher or encryption_key, not both")
         if encryption_key is not None:
@@ -429,8 +468,11 @@ class RedisTokenStore:
         self._poll_interval = float(poll_interval)
         self._refresh_lifetime = float(refresh_token_lifetime)
         self._clock = clock or SYSTEM_CLOCK
-        self._states: PerLoop[_LoopState] = PerLoop(self._create_state, close=_LoopState.close)
+        self._states: PerLoop[_LoopState] = PerLoop(
+            self._create_state, close=_LoopState.close, abandon=_LoopState.abandon
+        )
         self._closed = False
+        self._warned_plaintext = False
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisTokenStore:
@@ -481,19 +523,23 @@ class RedisTokenStore:
         with _unavailable("load"):
             version, value = await state.client.hmget(token_key, ["v", "d"])
         if value is None:
+            if version is not None:
+                log.warning("stored token pair %s has no value; discarding it", token_key)
+                with _unavailable("discard"):
+                    await state.discard_empty(keys=[token_key], args=[self.channel(key)])
             return None
         try:
             raw = _as_bytes(value)
             if self._cipher is not None:
-                raw = self._cipher.decrypt(raw)
+                raw = self._unseal(key, self._cipher.decrypt(raw))
             token = StoredToken.from_json(raw)
             if version is None or token.version != int(version):
                 raise ValueError("version mismatch")
         except Exception as exc:
             # Never the value itself: it holds tokens.
             log.warning(
-                "stored token pair %s is unreadable (%s: wrong encryption key, other format or "
-                "corrupted); treating it as absent and discarding it",
+                "stored token pair %s is unreadable (%s: wrong encryption key, another key's "
+                "pair, other format or corrupted); treating it as absent and discarding it",
                 token_key,
                 type(exc).__name__,
             )
@@ -507,7 +553,15 @@ class RedisTokenStore:
             raise ValueError("a saved token's version must be expected_version + 1")
         value = token.to_json()
         if self._cipher is not None:
-            value = self._cipher.encrypt(value)
+            value = self._cipher.encrypt(self._seal(key, value))
+        elif not self._warned_plaintext:
+            self._warned_plaintext = True
+            log.info(
+                "token pairs are stored unencrypted in Redis (%s, prefix %r): anyone who can "
+                "read it can use them; pass encryption_key= to encrypt them at rest",
+                self._server,
+                self._prefix,
+            )
         token_key = self.token_key(key)
         state = self._state()
         args: list[bytes | str | int] = [
@@ -631,7 +685,27 @@ class RedisTokenStore:
                 pipe.hget(self.token_key(key), "v")
                 pipe.exists(self.lease_key(key))
                 stored, leased = await pipe.execute()
-        return int(stored or 0), bool(leased)
+        try:
+            version = int(stored or 0)
+        except ValueError:
+            # Garbage instead of a version: report a version nobody waits for, so the waiter
+            # loads the pair, and load() discards what it cannot read.
+            version = -1
+        return version, bool(leased)
+
+    def _binding(self, key: str) -> bytes:
+        return f"apimw-token-pair\0{self._prefix}\0{key}\0".encode()
+
+    def _seal(self, key: str, plaintext: bytes) -> bytes:
+        # The cipher has no associated data: the key the value belongs to is encrypted with it,
+        # so a value copied to another key (by anyone who can write to Redis) does not load.
+        return self._binding(key) + plaintext
+
+    def _unseal(self, key: str, plaintext: bytes) -> bytes:
+        binding = self._binding(key)
+        if not plaintext.startswith(binding):
+            raise ValueError("the stored pair belongs to another key")
+        return plaintext[len(binding) :]
 
     def _key_ttl(self, token: StoredToken) -> float:
         if token.refresh_token is not None:
