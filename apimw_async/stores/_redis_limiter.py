@@ -264,12 +264,12 @@ class RedisRateLimiter:
     ...                                                                  # doctest: +SKIP
 
     Give exactly one of ``url`` (extra keyword arguments go to
-    :meth:`redis.asyncio.Redis.from_url`), ``client_factory`` (a callable returning a new
-    client, called once per event loop; the limiter closes what it returns) or ``client`` (a
-    ``redis.asyncio.Redis`` or ``RedisCluster`` you made, e.g. from Sentinel: it is bound to
-    the event loop that first uses it and to its process, and never closed by the limiter).
-    Limits: ``per_second``, ``per_minute``, ``per_hour``, ``per_day`` and/or ``limits=[(count,
-    seconds), ...]``; every one applies.
+    :meth:`redis.asyncio.Redis.from_url`), ``client_factory`` (a callable returning a new client,
+    called once per event loop; the limiter closes what it returns) or ``client`` (a
+    ``redis.asyncio.Redis`` or ``RedisCluster`` you made (``decode_responses`` off, the default),
+    e.g. from Sentinel: it is bound to the event loop that first uses it and to its process, and
+    never closed by the limiter). Limits: ``per_second``, ``per_minute``, ``per_hour``, ``per_day``
+    and/or ``limits=[(count, seconds), ...]``; every one applies.
 
     The window runs on Redis's clock and a slot is held from the moment it is taken (right
     before the send, token in hand) until one window after the answer came back, so the
