@@ -214,10 +214,10 @@ def webhook_endpoint(
     """A path operation function feeding deliveries to ``receiver``.
 
     For ``app.add_api_route(path, webhook_endpoint(receiver), methods=["POST"])`` when
-    :func:`webhook_router` does not fit; then close the receiver at shutdown yourself
-    (``await receiver.aclose()`` in your lifespan). The body is read as the raw bytes the
-    signature covers (never re-serialised JSON); a body over ``max_body_size`` bytes (``None``:
-    no limit) gets 413 without being read further.
+    :func:`webhook_router` does not fit; then start and close the receiver yourself
+    (``await receiver.start()`` and ``await receiver.aclose()`` in your lifespan). The body
+    is read as the raw bytes the signature covers (never re-serialised JSON); a body over
+    ``max_body_size`` bytes (``None``: no limit) gets 413 without being read further.
     """
     if max_body_size is not None and (
         isinstance(max_body_size, bool) or not isinstance(max_body_size, int) or max_body_size < 1
@@ -232,7 +232,12 @@ def webhook_endpoint(
         if raw_body is None:
             return Response(_TOO_LARGE, status_code=413, media_type="text/plain")
         reply = await receiver.receive(raw_body, request.headers)
-        return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
+        return Response(
+            reply.body,
+            status_code=reply.status,
+            media_type=reply.content_type,
+            headers=dict(reply.headers) if reply.headers else None,
+        )
 
     return apimw_webhook
 
@@ -266,10 +271,11 @@ def webhook_router(
 
     Add it with ``app.include_router(webhook_router(receiver))`` (``prefix``, ``dependencies``
     and ``tags`` of ``include_router`` apply as usual). Other methods get 405. The router's
-    lifespan closes the receiver when the app shuts down (FastAPI runs the lifespans of
-    included routers, inside the app's own, so handlers still have the client of
-    :func:`apimw_lifespan`): running handlers get ``close_timeout`` seconds to finish, then are
-    cancelled (``None``: wait however long they take). A receiver serves one app run.
+    lifespan starts the receiver (a queue's consumers) and closes it when the app shuts down
+    (FastAPI runs the lifespans of included routers, inside the app's own, so handlers still
+    have the client of :func:`apimw_lifespan`): running handlers get ``close_timeout`` seconds
+    to finish, then are cancelled (``None``: wait however long they take). A receiver serves
+    one app run.
 
     The route is left out of the OpenAPI schema unless ``include_in_schema``. Needs FastAPI
     0.112.2 or later (earlier versions ignore the lifespans of included routers); with an
@@ -283,13 +289,14 @@ def webhook_router(
         )
 
     @asynccontextmanager
-    async def close_receiver(_app: Any) -> AsyncIterator[None]:
+    async def run_receiver(_app: Any) -> AsyncIterator[None]:
+        await receiver.start()
         try:
             yield
         finally:
             await receiver.aclose(close_timeout)
 
-    router = APIRouter(lifespan=close_receiver)
+    router = APIRouter(lifespan=run_receiver)
     router.add_api_route(
         path,
         webhook_endpoint(receiver, max_body_size=max_body_size),

@@ -249,6 +249,24 @@ TABLES: dict[str, list[tuple[str, list[Column]]]] = {
             ],
         )
     ],
+    "webhook-intake": [
+        (
+            "answers to APIMW (the bar: every answer within 5,000 ms)",
+            [
+                metric("deliveries", "deliveries"),
+                metric("errors", "errors"),
+                metric("answers/s", "rps"),
+                ratio("vs memory", "rps", against="memory"),
+                metric("p50 ms", "p50_ms", 1),
+                metric("p99 ms", "p99_ms", 1),
+                ratio("p99 vs memory", "p99_ms", against="memory"),
+                metric("max ms", "max_ms", 0),
+                metric("% of 5 s", "budget_pct", 1),
+                metric("drain s", "drain_s", 2),
+                metric("other load", "other_load", 2),
+            ],
+        )
+    ],
 }
 
 

@@ -182,3 +182,18 @@ async def test_fastapi_app_register_command(example_app: ModuleType, apimw_env: 
     hook = apimw_env.webhooks[webhook_id]
     assert hook.secret == "whsec_example_test"
     assert set(hook.events) == set(example_app.EVENTS)
+
+
+# --- durable webhook workers -------------------------------------------------------------------
+
+
+def test_webhook_workers_quick(redis_url: str) -> None:
+    proc = run_example("webhook_workers.py", "--quick", "--redis-url", redis_url)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "2 web workers + 1 consumer-only process" in out
+    assert "events stored (once each):   30" in out
+    assert "events handled:              30 of 30" in out
+    # Each event went to both webhooks: the second delivery was not stored again.
+    redeliveries = int(out.split("redeliveries not stored:")[1].split()[0])
+    assert redeliveries >= 30

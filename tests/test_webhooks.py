@@ -25,6 +25,7 @@ from apimw_async import APIMWError, ConfigurationError
 from apimw_async.webhooks import (
     MESSAGE_EVENT_TYPES,
     SIGNATURE_HEADER,
+    MemoryWebhookDedup,
     MessageEvent,
     UnknownEvent,
     VerificationChallenge,
@@ -653,6 +654,12 @@ async def test_signed_event_is_acknowledged_and_handled() -> None:
         "rejected": 0,
         "handler_errors": 0,
         "handlers_cancelled": 0,
+        "queued": 0,
+        "queue_errors": 0,
+        "overloaded": 0,
+        "handoff_failures": 0,
+        "in_flight_duplicates": 0,
+        "dedup_errors": 0,
     }
     await receiver.aclose()
 
@@ -901,9 +908,10 @@ async def test_dedup_memory_never_exceeds_its_size() -> None:
     receiver = WebhookReceiver(SECRET, Recorder(), dedup_size=100)
     for i in range(1000):
         await deliver(receiver, event_body(f"evt_{i}"))
-    assert len(receiver._seen) == 100
-    assert ("message.delivered", "evt_999") in receiver._seen
-    assert ("message.delivered", "evt_899") not in receiver._seen
+    assert isinstance(receiver._dedup, MemoryWebhookDedup)
+    assert len(receiver._dedup._seen) == 100
+    assert ("message.delivered", "evt_999") in receiver._dedup._seen
+    assert ("message.delivered", "evt_899") not in receiver._dedup._seen
     await receiver.aclose()
 
 

@@ -14,8 +14,9 @@ __all__ = ["aiohttp_handler", "make_aiohttp_app"]
 def aiohttp_handler(receiver: WebhookReceiver) -> Callable[[web.Request], Awaitable[web.Response]]:
     """An aiohttp request handler that feeds deliveries to ``receiver``.
 
-    Register it for your webhook path, e.g. ``app.router.add_post("/webhooks", handler)``, and
-    close the receiver on shutdown (``app.on_cleanup``). Methods other than POST get 405.
+    Register it for your webhook path, e.g. ``app.router.add_post("/webhooks", handler)``,
+    start the receiver at startup (``app.on_startup``, needed with a queue) and close it on
+    shutdown (``app.on_cleanup``). Methods other than POST get 405.
     The body is read as raw bytes (the signature covers those exact bytes) and is limited by
     the application's ``client_max_size`` (1 MiB by default; larger bodies get 413).
     """
@@ -25,9 +26,9 @@ def aiohttp_handler(receiver: WebhookReceiver) -> Callable[[web.Request], Awaita
             return web.Response(status=405, headers={"Allow": "POST"}, text="method not allowed")
         raw_body = await request.read()
         reply = await receiver.receive(raw_body, request.headers)
-        return web.Response(
-            status=reply.status, body=reply.body, headers={"Content-Type": reply.content_type}
-        )
+        headers = {"Content-Type": reply.content_type}
+        headers.update(reply.headers)
+        return web.Response(status=reply.status, body=reply.body, headers=headers)
 
     return handle
 
@@ -40,15 +41,20 @@ def make_aiohttp_app(
 ) -> web.Application:
     """A ready :class:`aiohttp.web.Application` serving ``receiver`` at ``path``.
 
-    All methods are routed to the handler (non-POST gets 405). On application cleanup the
-    receiver is closed: running handlers get ``close_timeout`` seconds, then are cancelled
-    (see :meth:`WebhookReceiver.aclose`).
+    All methods are routed to the handler (non-POST gets 405). On application startup the
+    receiver is started (:meth:`WebhookReceiver.start`: a queue's consumers begin); on cleanup
+    it is closed: running handlers get ``close_timeout`` seconds, then are cancelled (see
+    :meth:`WebhookReceiver.aclose`).
     """
     app = web.Application()
     app.router.add_route("*", path, aiohttp_handler(receiver))
 
+    async def start_receiver(_: web.Application) -> None:
+        await receiver.start()
+
     async def close_receiver(_: web.Application) -> None:
         await receiver.aclose(close_timeout)
 
+    app.on_startup.append(start_receiver)
     app.on_cleanup.append(close_receiver)
     return app

@@ -11,6 +11,7 @@ from .faults import run_faults
 from .hot_path import run_hot_path
 from .lost_refresh import run_lost_refresh
 from .throughput import run_throughput
+from .webhook_intake import run_webhook_intake
 
 __all__ = ["WORKLOADS", "Context", "Run"]
 
@@ -22,4 +23,5 @@ WORKLOADS: dict[str, tuple[Callable[[Context], Awaitable[list[Run]]], str]] = {
     "faults": (run_faults, "main"),
     "hot-path": (run_hot_path, "main"),
     "lost-refresh": (run_lost_refresh, "main"),
+    "webhook-intake": (run_webhook_intake, "main"),  # its own rows, not token strategies
 }
