@@ -34,6 +34,7 @@ from ._version import __version__
 from .resources.auth import AuthResource
 from .resources.webhooks import WebhooksResource
 from .resources.whatsapp import WhatsAppResource
+from .stores import TokenStore
 
 __all__ = ["Client"]
 
@@ -67,7 +68,13 @@ class Client:
     off the checks of documented rules (E.164 numbers, message length, HTTPS webhook URLs...)
     made before sending. ``clock`` and ``rng`` are injectable for tests (the backoff sleeps
     and the throttle run on ``clock``).
-    Extra keyword arguments go to the :class:`TokenManager` the client makes (``deadline``,
+
+    ``store`` shares the token with other processes (or managers) through a
+    :class:`~apimw_async.stores.TokenStore` such as
+    :class:`~apimw_async.stores.redis.RedisTokenStore`: the client's token manager loads,
+    leases and saves the pair there. The store is yours: the client never closes it, so close
+    it after the client. Extra keyword arguments go to the
+    :class:`TokenManager` the client makes (``deadline``, ``request_timeout``, ``lease_ttl``,
     ``refresh_policy``, ``on_token``...).
     """
 
@@ -87,6 +94,7 @@ class Client:
         rate_limiter: RateLimiter | None = None,
         validate: bool = True,
         rng: random.Random | None = None,
+        store: TokenStore | None = None,
         **token_options: Any,
     ) -> None:
         if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
@@ -106,13 +114,14 @@ class Client:
                 allow_insecure_http=allow_insecure_http,
                 clock=clock,
                 retry_policy=self._retry,
+                store=store,
                 **token_options,
             )
             self._owns_tokens = True
         else:
-            if credentials is not None or token_options:
+            if credentials is not None or token_options or store is not None:
                 raise ConfigurationError(
-                    "pass either a token_manager or credentials and token options, not both"
+                    "pass either a token_manager or credentials, store and token options, not both"
                 )
             self._owns_tokens = False
         timeout = seconds("timeout", timeout)

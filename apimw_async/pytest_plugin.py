@@ -18,8 +18,13 @@ Fixtures (function-scoped; they work with pytest-asyncio in its default, strict 
     Sets ``APIMW_BASE_URL``, ``APIMW_API_KEY`` and ``APIMW_API_SECRET`` to the fake's, so code
     calling ``Client.from_env()`` talks to it. Returns the fake.
 ``apimw_clock``
-    A :class:`~apimw_async.testing.FakeClock`. When a test asks for it, ``apimw_fake`` and
-    ``apimw_client`` run on it: ``apimw_clock.advance(3600)`` expires every token at once.
+    A :class:`~apimw_async.testing.FakeClock` with ``auto_advance=True``. When a test asks for
+    it, ``apimw_fake`` and ``apimw_client`` run on it: ``apimw_clock.advance(3600)`` expires
+    every token at once, and whenever the event loop is idle (every task waits, nothing is
+    about to arrive on a socket) the clock jumps to the earliest sleep on it, so backoffs and
+    cool-downs take no real time and never hang the test. Configure it per test with
+    ``@pytest.mark.apimw_clock(auto_advance=False, ...)`` (FakeClock keyword arguments); a
+    clock that only moves by hand fails a sleep nobody advances with ClockStalledError.
 ``apimw_faults`` / ``apimw_stats``
     Shortcuts for ``apimw_fake.faults`` and ``apimw_fake.stats``.
 """
@@ -50,6 +55,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "apimw_fake(**options): FakeAPIMW constructor options for the apimw_fake fixture",
     )
+    config.addinivalue_line(
+        "markers",
+        "apimw_clock(**options): FakeClock options for the apimw_clock fixture "
+        "(auto_advance=True unless given)",
+    )
 
 
 def _clock_if_requested(request: pytest.FixtureRequest) -> FakeClock | None:
@@ -61,9 +71,15 @@ def _clock_if_requested(request: pytest.FixtureRequest) -> FakeClock | None:
 
 
 @pytest.fixture
-def apimw_clock() -> FakeClock:
-    """A clock that moves only when the test says so (shared by the fake and the client)."""
-    return FakeClock()
+def apimw_clock(request: pytest.FixtureRequest) -> FakeClock:
+    """A FakeClock shared by the fake and the client, jumping ahead whenever the loop is idle.
+
+    ``@pytest.mark.apimw_clock(auto_advance=False)`` gives a clock that moves only by hand.
+    """
+    options: dict[str, Any] = {"auto_advance": True}
+    for marker in reversed(list(request.node.iter_markers("apimw_clock"))):
+        options.update(marker.kwargs)
+    return FakeClock(**options)
 
 
 @pytest_asyncio.fixture

@@ -39,6 +39,25 @@ async def test_expired_tokens_on_the_clock(apimw_client, apimw_fake, apimw_clock
     assert apimw_fake.stats.refresh_calls == 1
 
 
+@pytest.mark.apimw_fake(token_lifetime=60, reuse_detection=True)
+async def test_backoff_after_a_lost_refresh_needs_no_driving(apimw_client, apimw_fake, apimw_clock):
+    await apimw_client.auth.me()
+    apimw_fake.faults.add("refresh", "drop", after=True)
+    apimw_fake.faults.add("token", "status", status=500)
+    apimw_clock.advance(60)
+    await apimw_client.auth.me()  # backoff sleeps on the clock: it jumps when the loop idles
+    assert apimw_fake.stats.refresh_reuse == 0
+    assert apimw_clock.auto_jumps >= 1
+
+
+@pytest.mark.apimw_clock(auto_advance=False, stall_timeout=0.5)
+async def test_a_manual_clock_nobody_advances_fails_fast(apimw_client, apimw_faults, apimw_clock):
+    from apimw_async.testing import ClockStalledError
+    apimw_faults.add("token", "status", status=500)
+    with pytest.raises(ClockStalledError, match="moves only by hand"):
+        await apimw_client.auth.me()
+
+
 async def test_revoked_refresh_tokens(apimw_client, apimw_fake):
     await apimw_client.auth.me()
     apimw_fake.expire_access_tokens()
@@ -74,7 +93,7 @@ def test_plugin_in_a_user_suite_strict_mode(pytester: pytest.Pytester) -> None:
         "error",
         "-q",
     )
-    result.assert_outcomes(passed=7)
+    result.assert_outcomes(passed=9)
 
 
 def test_plugin_via_conftest(pytester: pytest.Pytester) -> None:

@@ -209,3 +209,47 @@ async def test_a_token_refused_by_the_server_is_not_adopted_again_from_the_store
     tokens = {c.tokens.token.access_token for c in clients if c.tokens.token}
     assert len(tokens) == 1
     await close_all(clients)
+
+
+# --- store= is a named parameter of Client ------------------------------------------------------
+
+
+def test_store_is_a_named_keyword_of_client() -> None:
+    import inspect
+
+    parameter = inspect.signature(Client).parameters["store"]
+    assert parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    assert parameter.default is None
+    assert "store" in (Client.__doc__ or "")
+
+
+async def test_clients_given_one_store_share_one_token(fake: FakeAPIMW, clock: FakeClock) -> None:
+    store = MemoryTokenStore(clock=clock)
+    first = Client(fake.credentials, base_url=fake.base_url, store=store, clock=clock)
+    second = Client(fake.credentials, base_url=fake.base_url, store=store, clock=clock)
+    try:
+        assert first.tokens.store is store
+        assert second.tokens.store is store
+        await first.auth.me()
+        await second.auth.me()
+        assert fake.stats.token_calls == 1
+        assert second.tokens.stats.adopted == 1
+    finally:
+        await close_all([first, second])
+
+
+async def test_from_env_forwards_the_store(apimw_env: FakeAPIMW) -> None:
+    store = MemoryTokenStore()
+    async with Client.from_env(store=store) as client:
+        assert client.tokens.store is store
+        await client.auth.me()
+    assert store.saves >= 1
+    await store.aclose()  # the client never closes a store it was given
+
+
+async def test_store_with_a_token_manager_is_refused(fake: FakeAPIMW) -> None:
+    from apimw_async import ConfigurationError
+
+    async with TokenManager(fake.credentials, base_url=fake.base_url) as tokens:
+        with pytest.raises(ConfigurationError, match="store"):
+            Client(token_manager=tokens, store=MemoryTokenStore())

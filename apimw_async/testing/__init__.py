@@ -3,13 +3,13 @@
 :class:`FakeAPIMW` is a real local HTTP server implementing every documented APIMW endpoint
 (auth, WhatsApp messages and templates, webhooks with signed deliveries, per-plan rate limits),
 with fault injection (:class:`FaultPlan`) and counters (:class:`FakeStats`); :class:`FakeClock`
-moves time by hand, for the server's token expiry, message statuses and webhook retries as well
-as for the SDK's token manager.
+moves time by hand (or by itself whenever the event loop is idle), for the server's token
+expiry, message statuses and webhook retries as well as for the SDK's token manager.
 """
 
 from __future__ import annotations
 
-from .._clock import FakeClock
+from .._clock import ClockStalledError, FakeClock
 from ._fake_server import FAULT_KINDS, PLAN_RATE_LIMITS, FakeAPIMW, FakeStats, FaultPlan
 from ._fake_templates import DEFAULT_TEMPLATES
 from ._fake_webhooks import WEBHOOK_EVENTS, FakeWebhook
@@ -21,6 +21,7 @@ __all__ = [
     "PAGINATION_QUIRKS",
     "PLAN_RATE_LIMITS",
     "WEBHOOK_EVENTS",
+    "ClockStalledError",
     "FakeAPIMW",
     "FakeClock",
     "FakeMessage",
