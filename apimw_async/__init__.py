@@ -9,6 +9,7 @@ application configures logging (e.g. ``logging.basicConfig(level=logging.INFO)``
 
 import logging as _logging
 
+from ._admission import Admission
 from ._client import Client
 from ._clock import SYSTEM_CLOCK, Clock, FakeClock, SystemClock
 from ._config import LOGGER_NAME as _LOGGER_NAME
@@ -32,6 +33,7 @@ from ._errors import (
     MalformedResponseError,
     NotFoundError,
     PermissionDeniedError,
+    PoolTimeoutError,
     RateLimitError,
     RevokedTokenError,
     ServerError,
@@ -70,6 +72,7 @@ __all__ = [
     "APIStatusError",
     "APITimeoutError",
     "AccessTokenError",
+    "Admission",
     "ApiResponse",
     "AuthResource",
     "AuthenticationError",
@@ -94,6 +97,7 @@ __all__ = [
     "NotFoundError",
     "Pagination",
     "PermissionDeniedError",
+    "PoolTimeoutError",
     "RateLimitError",
     "RateLimitInfo",
     "RateLimiter",

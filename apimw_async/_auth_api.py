@@ -1,7 +1,9 @@
 """The auth endpoints: ``POST auth/token``, ``auth/refresh``, ``auth/revoke``.
 
 Each call is one HTTP request (no retries: the token manager decides those) that returns a
-:class:`TokenGrant` or raises a typed error. Token-endpoint calls carry no ``Authorization``
+:class:`TokenGrant` or raises a typed error. On a session shared with the application, a call
+takes the reserved lane of the session's admission queue, so it never waits behind
+application requests. Token-endpoint calls carry no ``Authorization``
 header and bypass session middlewares, so a user's session with our bearer middleware cannot
 recurse into itself; error messages have the secrets of the call scrubbed out.
 """
@@ -15,6 +17,7 @@ from typing import Any
 import aiohttp
 import attrs
 
+from ._admission import share_with_token_calls, token_lane
 from ._clock import Clock
 from ._config import DEFAULT_ACCESS_TOKEN_LIFETIME, LOGGER_NAME
 from ._envelope import ApiResponse
@@ -117,12 +120,14 @@ class AuthAPI:
         self._headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
 
     def check_session(self, session: aiohttp.ClientSession) -> None:
-        """Refuse a user session whose default headers would put a bearer on token calls."""
+        """Take a user session for the token calls: refuse one whose default headers would
+        put a bearer on them, and reserve them a lane in its admission queue."""
         if "Authorization" in session.headers:
             raise ConfigurationError(
                 "the aiohttp session has a default Authorization header; token-endpoint calls "
                 "must not carry one: pass a session without it"
             )
+        share_with_token_calls(session)
 
     async def request_token(self, credentials: Credentials, *, timeout: float) -> TokenGrant:
         """``POST auth/token`` with the API key and secret."""
@@ -178,14 +183,23 @@ class AuthAPI:
         headers = self._headers
         if authorization is not None:
             headers = {**headers, "Authorization": authorization}
-        return await send(
-            session,
-            "POST",
-            f"{self._base_url}/auth/{endpoint}",
-            headers=headers,
-            json_body=body,
-            timeout=aiohttp.ClientTimeout(total=timeout),
-            bearer=authorization is not None,
-            bypass_middlewares=True,
-            redact=secrets,
-        )
+        # On the manager's own session no application request queues in the pool; on a
+        # shared one the call takes the reserved lane of the session's admission queue.
+        gate = None if self._sessions.owns_session else token_lane(session)
+        if gate is not None:
+            await gate.acquire(priority=True)
+        try:
+            return await send(
+                session,
+                "POST",
+                f"{self._base_url}/auth/{endpoint}",
+                headers=headers,
+                json_body=body,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                bearer=authorization is not None,
+                bypass_middlewares=True,
+                redact=secrets,
+            )
+        finally:
+            if gate is not None:
+                gate.release()

@@ -13,6 +13,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from ._admission import Admission, check_limit, check_timeout, gate_for
 from ._clock import Clock
 from ._config import (
     DEFAULT_BASE_URL,
@@ -64,10 +65,18 @@ class Client:
     every task using this client. ``rate_limiter`` (e.g.
     :class:`~apimw_async.stores.redis.RedisRateLimiter`) paces the API key's requests across
     every process sharing it: a slot is taken right before each send, token in hand, and a
-    429 or an exhausted ``X-RateLimit-Remaining`` pauses them all. ``validate=False`` turns
-    off the checks of documented rules (E.164 numbers, message length, HTTPS webhook URLs...)
-    made before sending. ``clock`` and ``rng`` are injectable for tests (the backoff sleeps
-    and the throttle run on ``clock``).
+    429 or an exhausted ``X-RateLimit-Remaining`` pauses them all.
+
+    Requests are admitted to the connection pool in arrival order (aiohttp's own pool lets
+    later requests overtake, so under load a few can wait for as long as the load lasts): at
+    most ``max_connections`` are in flight, by default the session's connection limit
+    (``connector_limit`` for the session the client owns). ``admission_timeout`` bounds the
+    wait for admission (:class:`PoolTimeoutError`, never retried); ``fair_admission=False``
+    leaves queueing to aiohttp. Clients sharing one session share one queue.
+
+    ``validate=False`` turns off the checks of documented rules (E.164 numbers, message
+    length, HTTPS webhook URLs...) made before sending. ``clock`` and ``rng`` are injectable
+    for tests (the backoff sleeps, the throttle and the admission timeout run on ``clock``).
 
     ``store`` shares the token with other processes (or managers) through a
     :class:`~apimw_async.stores.TokenStore` such as
@@ -91,6 +100,9 @@ class Client:
         clock: Clock | None = None,
         retry_policy: RetryPolicy | None = None,
         max_requests_per_minute: int | None = None,
+        fair_admission: bool = True,
+        max_connections: int | None = None,
+        admission_timeout: float | None = None,
         rate_limiter: RateLimiter | None = None,
         validate: bool = True,
         rng: random.Random | None = None,
@@ -152,6 +164,12 @@ class Client:
             )
         self._limiter = rate_limiter
         self._validate = bool(validate)
+        self._fair = bool(fair_admission)
+        self._max_connections = check_limit(max_connections)
+        self._admission_timeout = check_timeout(admission_timeout)
+        if self._max_connections is None and session is None and self._fair:
+            self._max_connections = connector_limit if connector_limit > 0 else None
+        self._last_gate: tuple[aiohttp.ClientSession, Admission | None] | None = None
         self._sessions = SessionProvider(
             session,
             timeout=aiohttp.ClientTimeout(total=timeout, connect=DEFAULT_CONNECT_TIMEOUT),
@@ -162,6 +180,8 @@ class Client:
         self._rate_limit: RateLimitInfo | None = None
         # The latest rate-limit headers, parsed only when rate_limit is read.
         self._rate_limit_headers: tuple[CIMultiDictProxy[str], float] | None = None
+        self._on_headers = self._observe_headers
+        self._bearer_cache: tuple[Token, dict[str, str], tuple[str]] | None = None
         self.auth = AuthResource(self)
         self.whatsapp = WhatsAppResource(self)
         self.webhooks = WebhooksResource(self)
@@ -257,29 +277,87 @@ class Client:
         """
         session = self._sessions.get()
         url = self._url(path, encoded)
-        repeatable = is_idempotent(method) if idempotent is None else idempotent
+        try:
+            return await self._send_authenticated(session, method, url, json, params)
+        except APIMWError as exc:
+            failure = exc
+        # Only a failed request gets here: the retry loop, decided by the one RetryPolicy.
         policy, clock = self._retry, self._clock
+        repeatable = is_idempotent(method) if idempotent is None else idempotent
         attempt = 0
         waited = 0.0
+        while True:
+            now = clock.time()
+            delay = policy.next_delay(
+                failure,
+                attempt=attempt,
+                waited=waited,
+                idempotent=repeatable,
+                now=now,
+                rng=self._rng,
+            )
+            if delay is None:
+                if isinstance(failure, RateLimitError) and failure.retry_after is None:
+                    failure.retry_after = advised_wait(failure, now=now)
+                raise failure
+            attempt += 1
+            waited += delay
+            log.info(
+                "%s %s failed (%s: %s); retry %d of %d in %.2fs",
+                method,
+                url.path,
+                type(failure).__name__,
+                failure,
+                attempt,
+                policy.max_attempts - 1,
+                delay,
+            )
+            await clock.sleep(delay)
+            try:
+                return await self._send_authenticated(session, method, url, json, params)
+            except APIMWError as exc:
+                failure = exc
+
+    async def _send_authenticated(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: URL,
+        json: Any,
+        params: Mapping[str, str] | None,
+    ) -> ApiResponse:
+        """One attempt: the bearer request, and one replay if the server refused the token.
+
+        A refused token (see :func:`~apimw_async._errors.is_token_refusal`) means the server
+        did not act, so the replay is safe for any method; it is dropped (if still current)
+        and the request sent once more with a fresh one. Anything else is the caller's to
+        retry or raise.
+        """
+        gate = self._gate(session) if self._fair else None
         replayed = False
         while True:
             if self._throttle is not None:
                 await self._throttle.acquire()
-            token = await self._tokens.get_token()
+            if gate is not None and not gate.try_acquire():
+                # Admitted in arrival order before taking the token: a token read after a
+                # long queue would be closer to its expiry.
+                await gate.acquire(timeout=self._admission_timeout)
             slot: str | None = None
-            if self._limiter is not None:
-                slot, token = await self._take_slot()
             try:
+                token = await self._tokens.get_token()
+                if self._limiter is not None:
+                    slot, token = await self._take_slot()
+                headers, redact = self._bearer(token)
                 response = await send(
                     session,
                     method,
                     url,
-                    headers={**self._headers, "Authorization": token.authorization},
+                    headers=headers,
                     json_body=json,
                     params=params,
                     bearer=True,
-                    redact=(token.access_token,),
-                    on_headers=self._observe_headers,
+                    redact=redact,
+                    on_headers=self._on_headers,
                 )
                 if slot is not None:
                     await self._end_slot(slot, response)
@@ -288,43 +366,44 @@ class Client:
             except AccessTokenError:
                 if replayed:
                     raise
-                # The server refused this token (so it did not act): drop it, if it is still
-                # the current one, and replay once with a fresh one.
                 replayed = True
                 await self._tokens.invalidate(token)
             except APIMWError as exc:
                 if slot is not None:
                     await self._end_slot(slot, exc)
                     slot = None
-                now = clock.time()
-                delay = policy.next_delay(
-                    exc,
-                    attempt=attempt,
-                    waited=waited,
-                    idempotent=repeatable,
-                    now=now,
-                    rng=self._rng,
-                )
-                if delay is None:
-                    if isinstance(exc, RateLimitError) and exc.retry_after is None:
-                        exc.retry_after = advised_wait(exc, now=now)
-                    raise
-                attempt += 1
-                waited += delay
-                log.info(
-                    "%s %s failed (%s: %s); retry %d of %d in %.2fs",
-                    method,
-                    url.path,
-                    type(exc).__name__,
-                    exc,
-                    attempt,
-                    policy.max_attempts - 1,
-                    delay,
-                )
-                await clock.sleep(delay)
+                raise
             finally:
                 if slot is not None:  # cancelled or failed unexpectedly: the slot still ends
                     await self._end_slot(slot, None)
+                if gate is not None:
+                    gate.release()
+
+    def _gate(self, session: aiohttp.ClientSession) -> Admission | None:
+        last = self._last_gate
+        if last is not None and last[0] is session:
+            return last[1]
+        gate = gate_for(session, self._max_connections, clock=self._clock)
+        self._last_gate = (session, gate)
+        return gate
+
+    @property
+    def admission(self) -> Admission | None:
+        """The fair-admission queue of the running loop's session, ``None`` if admission is
+        off (or the session's pool is unlimited and no ``max_connections`` was given); its
+        ``in_use`` and ``waiting`` tell how busy the pool is."""
+        return self._gate(self._sessions.get()) if self._fair else None
+
+    def _bearer(self, token: Token) -> tuple[dict[str, str], tuple[str]]:
+        # The request headers (and the secret to scrub from errors) are the same for every
+        # request with one token: build them once per token.
+        cached = self._bearer_cache
+        if cached is not None and cached[0] is token:
+            return cached[1], cached[2]
+        headers = {**self._headers, "Authorization": token.authorization}
+        redact = (token.access_token,)
+        self._bearer_cache = (token, headers, redact)
+        return headers, redact
 
     async def _take_slot(self) -> tuple[str, Token]:
         """A slot of the fleet-wide rate limiter, taken with the token in hand, and the token

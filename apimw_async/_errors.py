@@ -11,6 +11,7 @@ Every error the SDK raises on purpose derives from :class:`APIMWError`::
     ├── StoreUnavailableError       a shared token store (Redis) cannot be reached
     ├── APIConnectionError          the request did not complete (DNS, refused, reset ...)
     │   └── APITimeoutError         ... because it took too long
+    │       └── PoolTimeoutError    ... waiting for a connection slot (never sent)
     └── APIStatusError              the server answered with an error (status, code, message)
         ├── BadRequestError         400 / 422
         │   └── InvalidPhoneNumberError   INVALID_PHONE_NUMBER
@@ -55,6 +56,7 @@ __all__ = [
     "MalformedResponseError",
     "NotFoundError",
     "PermissionDeniedError",
+    "PoolTimeoutError",
     "RateLimitError",
     "RevokedTokenError",
     "ServerError",
@@ -62,6 +64,7 @@ __all__ = [
     "TokenUnavailableError",
     "ValidationError",
     "error_from_status",
+    "is_token_refusal",
 ]
 
 
@@ -137,6 +140,17 @@ class APIConnectionError(APIMWError):
 
 class APITimeoutError(APIConnectionError):
     """The request took longer than its timeout (it may have reached the server)."""
+
+
+class PoolTimeoutError(APITimeoutError):
+    """The request waited longer than ``admission_timeout`` for a free connection slot.
+
+    It was never sent (``sent`` is ``False``) and is not retried: the timeout bounds the whole
+    wait. httpx calls this a pool timeout.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, sent=False)
 
 
 class APIStatusError(APIMWError):
@@ -289,7 +303,7 @@ def error_from_status(
     """
     cls = _BY_CODE.get(code or "")
     if cls is None:
-        if status == 401 and bearer:
+        if bearer and is_token_refusal(status, code):
             cls = AccessTokenError
         elif status >= 500:
             cls = ServerError
@@ -298,3 +312,17 @@ def error_from_status(
     if issubclass(cls, RateLimitError):
         return cls(message, status=status, code=code, headers=headers, retry_after=retry_after)
     return cls(message, status=status, code=code, headers=headers)
+
+
+def is_token_refusal(status: int, code: str | None) -> bool:
+    """Whether an answer to a bearer-authenticated call means "this access token was refused".
+
+    A 401 with ``EXPIRED_TOKEN``, ``INVALID_TOKEN`` or ``REVOKED_TOKEN``, and a 401 with no
+    code or a code that means nothing else (a gateway's bare 401): the server did not act, and
+    a fresh token may succeed. The one rule for the client's replay and the middleware's
+    (both see it as an :class:`AccessTokenError` from :func:`error_from_status`).
+    """
+    if status != 401:
+        return False
+    cls = _BY_CODE.get(code or "")
+    return cls is None or issubclass(cls, AccessTokenError)

@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import logging
 
-from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
+from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, ClientSession
 from yarl import URL
 
+from ._admission import Admission, check_limit, check_timeout, gate_for, shares_token_calls
 from ._config import LOGGER_NAME
-from ._envelope import loads
+from ._envelope import parse_response
+from ._errors import AccessTokenError, APIMWError, ConfigurationError
 from ._token_manager import TokenManager
 
 __all__ = ["BearerAuthMiddleware"]
 
 log = logging.getLogger(f"{LOGGER_NAME}.middleware")
-
-_TOKEN_CODES = frozenset({"EXPIRED_TOKEN", "INVALID_TOKEN", "REVOKED_TOKEN"})
 
 
 class BearerAuthMiddleware:
@@ -31,9 +31,20 @@ class BearerAuthMiddleware:
 
     Only requests under the manager's ``base_url`` (same scheme, host, port and path prefix)
     get the header, so a session shared with other services never leaks the token to them;
-    pass ``scope=None`` to authenticate every request, or another URL prefix. A 401 whose
-    error code is ``EXPIRED_TOKEN``, ``INVALID_TOKEN``, ``REVOKED_TOKEN`` or absent drops the
-    token (only if it is still the current one) and the request is sent once more.
+    pass ``scope=None`` to authenticate every request, or another URL prefix. A 401 that
+    refuses the token (``EXPIRED_TOKEN``, ``INVALID_TOKEN``, ``REVOKED_TOKEN``, no code, or an
+    unknown one: the same rule as the :class:`Client`'s) drops the token (only if it is still
+    the current one) and the request is sent once more.
+
+    Fair admission admits the session's requests to its connection pool in arrival order, as
+    the :class:`Client` does: at most ``max_connections`` in flight (default: the connector's
+    limit), each holding its slot until its response gives the connection back;
+    ``admission_timeout`` bounds the wait (:class:`PoolTimeoutError`). Every request through
+    this middleware is queued, in scope or not, since all share the pool. It is opt-in
+    (``fair_admission=True``, or giving ``max_connections``/``admission_timeout``), except on
+    a session the token manager shares: there it is on unless ``fair_admission=False``,
+    because the manager's refresh takes a reserved lane of that queue instead of waiting
+    behind your requests in aiohttp's pool.
     """
 
     def __init__(
@@ -42,8 +53,23 @@ class BearerAuthMiddleware:
         *,
         scope: str | bool | None = True,
         replay_on_401: bool = True,
+        fair_admission: bool | None = None,
+        max_connections: int | None = None,
+        admission_timeout: float | None = None,
     ) -> None:
         self._tokens = tokens
+        self._max_connections = check_limit(max_connections)
+        self._admission_timeout = check_timeout(admission_timeout)
+        tuned = max_connections is not None or admission_timeout is not None
+        if fair_admission is False and tuned:
+            raise ConfigurationError(
+                "max_connections and admission_timeout need fair admission (not "
+                "fair_admission=False)"
+            )
+        # None: on where the manager shares the session (its refresh needs the lane), or
+        # when tuned; off elsewhere.
+        self._fair: bool | None = True if tuned and fair_admission is None else fair_admission
+        self._last_gate: tuple[ClientSession, Admission | None] | None = None
         if scope is True:
             scope = tokens.base_url
         self._scope: URL | None = None if scope in (None, False) else URL(str(scope))
@@ -67,6 +93,41 @@ class BearerAuthMiddleware:
         return path == self._prefix or path.startswith(self._prefix_slash)
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        if self._fair is False:
+            return await self._authenticated(request, handler)
+        session = request.session
+        last = self._last_gate
+        gate = last[1] if last is not None and last[0] is session else self._gate(session)
+        if gate is None:
+            return await self._authenticated(request, handler)
+        if not gate.try_acquire():
+            await gate.acquire(timeout=self._admission_timeout)
+        try:
+            response = await self._authenticated(request, handler)
+        except BaseException:
+            gate.release()
+            raise
+        # The slot is the connection's: hand it on when the response gives the connection
+        # back to the pool (read to the end, released or closed), not when this returns.
+        connection = response.connection
+        if connection is None:
+            gate.release()
+        else:
+            connection.add_callback(gate.release)
+        return response
+
+    def _gate(self, session: ClientSession) -> Admission | None:
+        # Decided on a session's first request (a middleware usually serves one session).
+        gate = None
+        if self._fair or shares_token_calls(session):
+            # (None for an unlimited connector without max_connections: nothing to queue for)
+            gate = gate_for(session, self._max_connections, clock=self._tokens.clock)
+        self._last_gate = (session, gate)
+        return gate
+
+    async def _authenticated(
+        self, request: ClientRequest, handler: ClientHandlerType
+    ) -> ClientResponse:
         if not self._in_scope(request.url):
             return await handler(request)
         token = await self._tokens.get_token()
@@ -74,7 +135,7 @@ class BearerAuthMiddleware:
         response = await handler(request)
         if response.status != 401 or not self._replay:
             return response
-        if not _is_token_refusal(await response.read()):
+        if not _refused(response, await response.read()):
             return response
         response.release()
         await self._tokens.invalidate(token)
@@ -84,12 +145,12 @@ class BearerAuthMiddleware:
         return await handler(request)
 
 
-def _is_token_refusal(body: bytes) -> bool:
+def _refused(response: ClientResponse, body: bytes) -> bool:
+    # The one envelope parser and the one rule (is_token_refusal) decide, as for the Client.
     try:
-        payload = loads(body) if body else None
-    except (ValueError, UnicodeDecodeError):
+        parse_response(response.status, response.headers, body, bearer=True)
+    except AccessTokenError:
         return True
-    error = payload.get("error") if isinstance(payload, dict) else None
-    code = error.get("code") if isinstance(error, dict) else None
-    # No code at all: a gateway's bare 401; a fresh token is the best guess.
-    return not isinstance(code, str) or code in _TOKEN_CODES
+    except APIMWError:
+        return False
+    return False

@@ -152,8 +152,15 @@ class Token:
 # --- results ---------------------------------------------------------------------------------
 
 
+# The parsers run on every typed result. JSON decodes to dict, list, str, int, float, bool and
+# None only, so an exact ``type(...) is`` check settles the usual case before the slower
+# isinstance/ABC checks; ``where`` labels are constants, and messages are built only to raise.
+
+
 def _require(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     value = data.get(key)
+    if type(value) is kind:
+        return value
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise MalformedResponseError(f"{where}: field {key!r} is missing or has the wrong type")
     return value
@@ -161,17 +168,30 @@ def _require(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], w
 
 def _optional_str(data: Mapping[str, Any], key: str, where: str) -> str | None:
     value = data.get(key)
-    if value is None:
-        return None
+    if value is None or type(value) is str:
+        return value
     if not isinstance(value, str):
         raise MalformedResponseError(f"{where}: field {key!r} has the wrong type")
     return value
 
 
 def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if type(value) is dict:
+        return value
     if not isinstance(value, Mapping):
         raise MalformedResponseError(f"{where}: expected an object")
     return value
+
+
+def _str_list(value: Any) -> tuple[str, ...] | None:
+    """``value`` as a tuple of strings, or ``None`` if it is not a list of strings."""
+    if type(value) is not list and not isinstance(value, list):
+        return None
+    items = tuple(value)
+    for item in items:
+        if type(item) is not str and not isinstance(item, str):
+            return None
+    return items
 
 
 @attrs.frozen
@@ -208,26 +228,51 @@ class CurrentUser:
     @classmethod
     def from_data(cls, data: Any) -> CurrentUser:
         """Build from the envelope's ``data``; :class:`MalformedResponseError` if it is off."""
-        where = "auth/me"
-        body = _mapping(data, where)
-        user = _mapping(body.get("user"), f"{where} user")
-        tenant = _mapping(body.get("tenant"), f"{where} tenant")
-        perms = body.get("permissions", [])
-        if perms is None:
-            perms = []
-        if not isinstance(perms, list) or not all(isinstance(p, str) for p in perms):
-            raise MalformedResponseError(f"{where}: permissions must be a list of strings")
+        # The documented shape, checked inline (this runs on every ``me()``); anything else
+        # goes through the field-by-field checks below, which name what is wrong.
+        if type(data) is dict:
+            user, tenant = data.get("user"), data.get("tenant")
+            perms = data.get("permissions")
+            if type(user) is dict and type(tenant) is dict and type(perms) is list:
+                uid, email, name = user.get("id"), user.get("email"), user.get("name")
+                tid, tname = tenant.get("id"), tenant.get("name")
+                plan, status = tenant.get("plan"), tenant.get("status")
+                permissions = tuple(perms)
+                if (
+                    type(uid) is str
+                    and type(tid) is str
+                    and (email is None or type(email) is str)
+                    and (name is None or type(name) is str)
+                    and (tname is None or type(tname) is str)
+                    and (plan is None or type(plan) is str)
+                    and (status is None or type(status) is str)
+                    and all(type(p) is str for p in permissions)
+                ):
+                    return cls(
+                        User(uid, email, name), Tenant(tid, tname, plan, status), permissions
+                    )
+        return cls._checked(data)
+
+    @classmethod
+    def _checked(cls, data: Any) -> CurrentUser:
+        body = _mapping(data, "auth/me")
+        user = _mapping(body.get("user"), "auth/me user")
+        tenant = _mapping(body.get("tenant"), "auth/me tenant")
+        perms = body.get("permissions")
+        permissions = () if perms is None else _str_list(perms)
+        if permissions is None:
+            raise MalformedResponseError("auth/me: permissions must be a list of strings")
         return cls(
             user=User(
-                id=_require(user, "id", str, f"{where} user"),
-                email=_optional_str(user, "email", f"{where} user"),
-                name=_optional_str(user, "name", f"{where} user"),
+                id=_require(user, "id", str, "auth/me user"),
+                email=_optional_str(user, "email", "auth/me user"),
+                name=_optional_str(user, "name", "auth/me user"),
             ),
             tenant=Tenant(
-                id=_require(tenant, "id", str, f"{where} tenant"),
-                name=_optional_str(tenant, "name", f"{where} tenant"),
-                plan=_optional_str(tenant, "plan", f"{where} tenant"),
-                status=_optional_str(tenant, "status", f"{where} tenant"),
+                id=_require(tenant, "id", str, "auth/me tenant"),
+                name=_optional_str(tenant, "name", "auth/me tenant"),
+                plan=_optional_str(tenant, "plan", "auth/me tenant"),
+                status=_optional_str(tenant, "status", "auth/me tenant"),
             ),
-            permissions=tuple(perms),
+            permissions=permissions,
         )

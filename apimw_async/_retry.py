@@ -24,6 +24,7 @@ from ._errors import (
     APIConnectionError,
     APIMWError,
     ConfigurationError,
+    PoolTimeoutError,
     RateLimitError,
     ServerError,
 )
@@ -84,7 +85,8 @@ def may_retry(error: BaseException, *, idempotent: bool) -> bool:
     repeated; one whose effect is unknown (timeout or reset after sending, 5xx) only if it is
     idempotent: the API has no idempotency key, so a repeated send could deliver twice.
     """
-    if not isinstance(error, APIMWError):
+    if not isinstance(error, APIMWError) or isinstance(error, PoolTimeoutError):
+        # (a pool timeout bounds the whole wait for a connection: waiting again would not)
         return False
     outcome = outcome_of(error)
     return outcome is Outcome.NOT_ACTED or (outcome is Outcome.UNKNOWN and idempotent)

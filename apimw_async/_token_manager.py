@@ -149,8 +149,14 @@ class TokenStats:
     tokens_obtained: int = 0
     #: Refreshes started in the background while a valid token was held.
     background_refreshes: int = 0
-    #: Callers that had to wait because no valid token was held.
+    #: Callers that had to wait for a token (the sum of the two below).
     waits: int = 0
+    #: ... because none was held that the server would still accept: the first token, or one
+    #: after an invalidation, a revocation or a long outage (expected, e.g. at start-up).
+    waits_without_valid_token: int = 0
+    #: ... although the cached token was past its expiry margin but still valid at the server:
+    #: the refresh did not finish inside its window. Stays 0 when the refresh keeps up.
+    waits_with_valid_token: int = 0
     #: Tokens dropped by :meth:`TokenManager.invalidate`.
     invalidations: int = 0
     #: Tokens taken over from a shared store (obtained by another process).
@@ -468,7 +474,13 @@ class TokenManager:
                     raise self._permanent_error
                 self._permanent_error = None
             task = self._start_acquisition(state, background=False)
-        self.stats.waits += 1
+        stats = self.stats
+        stats.waits += 1
+        held = self._token
+        if held is not None and self._monotonic() < held.obtained_at + held.expires_in:
+            stats.waits_with_valid_token += 1
+        else:
+            stats.waits_without_valid_token += 1
         try:
             # shield: a caller's cancellation or timeout must never cancel the shared task.
             return await asyncio.shield(task)

@@ -72,7 +72,10 @@ def _lenient_timestamp(value: Any, where: str) -> datetime | None:
 
 def _lenient_str(data: Mapping[str, Any], key: str) -> str | None:
     value = data.get(key)
-    return value if isinstance(value, str) else None
+    return value if type(value) is str or isinstance(value, str) else None
+
+
+_NO_TIMES: Mapping[str, Any] = {}
 
 
 # --- statuses --------------------------------------------------------------------------------
@@ -137,12 +140,12 @@ class SentMessage:
     def from_data(cls, data: Any, *, to: str = "", template: str | None = None) -> SentMessage:
         """Build from the envelope's ``data``; ``to``/``template`` fill in what it lacks."""
         where = "whatsapp send"
-        if not isinstance(data, Mapping):
+        if type(data) is not dict and not isinstance(data, Mapping):
             raise MalformedResponseError(
                 f"{where}: 'data' is not an object (the message may have been sent)"
             )
         message_id = data.get("message_id")
-        if not isinstance(message_id, str) or not message_id:
+        if (type(message_id) is not str and not isinstance(message_id, str)) or not message_id:
             raise MalformedResponseError(
                 f"{where}: 'message_id' is missing (the message may have been sent)"
             )
@@ -182,16 +185,20 @@ class MessageInfo:
         body = _mapping(data, where)
         raw_status: str = _require(body, "status", str, where)
         stamps = body.get("timestamps")
-        times = {} if stamps is None else _mapping(stamps, f"{where} timestamps")
+        times = (
+            _NO_TIMES if stamps is None else _mapping(stamps, "whatsapp message status timestamps")
+        )
         return cls(
             message_id=_require(body, "message_id", str, where),
             to=_optional_str(body, "to", where),
             type=_optional_str(body, "type", where),
             status=MessageStatus.parse(raw_status),
             raw_status=raw_status,
-            sent_at=parse_timestamp(times.get("sent"), f"{where} timestamps.sent"),
-            delivered_at=parse_timestamp(times.get("delivered"), f"{where} timestamps.delivered"),
-            read_at=parse_timestamp(times.get("read"), f"{where} timestamps.read"),
+            sent_at=parse_timestamp(times.get("sent"), "whatsapp message status timestamps.sent"),
+            delivered_at=parse_timestamp(
+                times.get("delivered"), "whatsapp message status timestamps.delivered"
+            ),
+            read_at=parse_timestamp(times.get("read"), "whatsapp message status timestamps.read"),
         )
 
 
@@ -337,7 +344,7 @@ class Webhook:
     ) -> Webhook:
         """Build from the envelope's ``data``; the keywords fill in what it lacks."""
         where = "webhook register"
-        if not isinstance(data, Mapping):
+        if type(data) is not dict and not isinstance(data, Mapping):
             raise MalformedResponseError(
                 f"{where}: 'data' is not an object (the webhook may have been registered)"
             )

@@ -55,6 +55,10 @@ class DemoResult:
     reauthentications: int
     refresh_reuse: int
     waits: int
+    #: Waits with no valid token held: the cold start (expected).
+    waits_without_valid_token: int
+    #: Waits although a valid token was held (a refresh that came too late): should be 0.
+    waits_with_valid_token: int
     token_lifetimes: float
     p50_ms: float
     p99_ms: float
@@ -147,6 +151,8 @@ async def run_demo(config: DemoConfig, *, progress: TextIO | None = None) -> Dem
             reauthentications=stats.fallbacks,
             refresh_reuse=fake.stats.refresh_reuse,
             waits=stats.waits,
+            waits_without_valid_token=stats.waits_without_valid_token,
+            waits_with_valid_token=stats.waits_with_valid_token,
             token_lifetimes=round(elapsed / config.token_lifetime, 2),
             p50_ms=round(_percentile(ordered, 0.50) * 1000, 2),
             p99_ms=round(_percentile(ordered, 0.99) * 1000, 2),
@@ -168,7 +174,8 @@ def format_table(result: DemoResult) -> str:
         ("refresh calls", str(result.refresh_calls)),
         ("re-authentications", str(result.reauthentications)),
         ("refresh-token reuse", str(result.refresh_reuse)),
-        ("callers that waited", str(result.waits)),
+        ("waits for a first token (none valid)", str(result.waits_without_valid_token)),
+        ("waits while a valid token was held", str(result.waits_with_valid_token)),
         ("latency p50 / p99 / max", f"{result.p50_ms} / {result.p99_ms} / {result.max_ms} ms"),
     ]
     if result.error_kinds:

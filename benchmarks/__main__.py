@@ -34,7 +34,18 @@ from typing import Any
 
 from .report import render, summarize
 from .server import InProcessServers, ProcessServers, ServerFactory
-from .strategies import ALL, BENCH_EXTRA, MAIN, UNAVAILABLE, Strategy, by_name
+from .strategies import (
+    ALL,
+    BENCH_EXTRA,
+    EVERY,
+    MAIN,
+    OVERSUBSCRIPTION,
+    THROUGHPUT,
+    TRANSPORT_BASELINES,
+    UNAVAILABLE,
+    Strategy,
+    by_name,
+)
 from .workloads import WORKLOADS, Context, Run
 from .workloads.common import other_load
 
@@ -64,6 +75,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         choices=("process", "inproc"),
         default="process",
         help="run the fake server in its own process (default) or in the clients' event loop",
+    )
+    parser.add_argument(
+        "--factors",
+        help="oversubscription: comma-separated workers-per-connection factors (default 2,5,10)",
     )
     parser.add_argument("--plot", type=Path, metavar="PATH", help="expiry-crossing latency plot")
     parser.add_argument("--no-plot", action="store_true", help="do not write the plot")
@@ -191,9 +206,30 @@ def _select(args: argparse.Namespace) -> tuple[list[str], tuple[type[Strategy], 
         try:
             chosen = tuple(by_name(name) for name in names)
         except KeyError as exc:
-            names = ", ".join(s.name for s in ALL)
+            names = ", ".join(s.name for s in EVERY)
             raise SystemExit(f"unknown strategy {exc}; choose from: {names}") from None
     return workloads, chosen
+
+
+def _factors(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        factors = tuple(int(f) for f in text.split(",") if f.strip())
+    except ValueError:
+        raise SystemExit(f"--factors takes integers, not {text!r}") from None
+    if not factors or min(factors) < 1:
+        raise SystemExit("--factors takes positive integers")
+    return factors
+
+
+def _rows(which: str, *, quick: bool) -> tuple[type[Strategy], ...]:
+    """The strategies of a workload; --quick leaves out the transport baselines."""
+    if which == "oversubscription":
+        return OVERSUBSCRIPTION
+    if which == "throughput":
+        return THROUGHPUT if quick else THROUGHPUT + TRANSPORT_BASELINES
+    return MAIN if which == "main" or quick else ALL
 
 
 async def _run(
@@ -213,8 +249,7 @@ async def _run(
     runs: list[Run] = []
     for name in workloads:
         runner, which = WORKLOADS[name]
-        # --quick leaves out the transport baselines (static-httpx, static-azure).
-        strategies = MAIN if which == "main" or args.quick else ALL
+        strategies = _rows(which, quick=args.quick)
         if chosen is not None:
             strategies = tuple(s for s in chosen if s in strategies)
             if not any(s.name == "static" for s in strategies) and name != "hot-path":
@@ -227,14 +262,24 @@ async def _run(
             log=log,
             idle_wait=idle_wait,
             idle_budget=idle_budget,
+            factors=_factors(args.factors),
         )
         t0 = time.perf_counter()
         runs += await runner(ctx)
+        if args.json:
+            # Saved after every workload: a later failure does not lose the finished ones.
+            _save(args.json, meta, runs)
         meta["idle_waited_s"] = round(meta.get("idle_waited_s", 0.0) + ctx.idle_waited, 1)
         meta.setdefault("workload_seconds", {})[name] = round(time.perf_counter() - t0, 1)
         log(f"{name} done in {time.perf_counter() - t0:.1f}s")
     meta["total_seconds"] = round(time.perf_counter() - started, 1)
     return runs
+
+
+def _save(path: Path, meta: dict[str, Any], runs: list[Run]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {"meta": meta, "runs": [run.as_dict() for run in runs]}
+    path.write_text(json.dumps(document, indent=1) + "\n")
 
 
 def _reprint(path: Path) -> int:
@@ -297,9 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing is not None:
         print(missing)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        document = {"meta": meta, "runs": [run.as_dict() for run in runs]}
-        args.json.write_text(json.dumps(document, indent=1) + "\n")
+        _save(args.json, meta, runs)
         print(f"results saved to {args.json}")
     plot_path = args.plot or (None if args.quick else DEFAULT_PLOT)
     if plot_path is not None and not args.no_plot and not _has_matplotlib():

@@ -3,7 +3,8 @@
 Three profiles, each as text (``.txt``) and HTML (``.html``):
 
 * ``throughput-<strategy>``: the steady-throughput loop (50 workers, 20,000 requests, fake
-  server as chosen with ``--server``) for ``static``, the Client and the middleware, so the
+  server as chosen with ``--server``) for ``static``, the Client (``client.request`` and the
+  typed ``client.auth.me()``) and the middleware, so the
   SDK's frames can be compared with plain aiohttp's;
 * ``get-token``: 1,000,000 ``await manager.get_token()`` + ``token.authorization`` on a fresh
   cache (no HTTP).
@@ -29,7 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from .server import InProcessServers, ProcessServers, ServerFactory
-from .strategies import ClientStrategy, MiddlewareStrategy, StaticStrategy, Strategy
+from .strategies import (
+    ClientMeStrategy,
+    ClientStrategy,
+    MiddlewareStrategy,
+    StaticStrategy,
+    Strategy,
+)
 from .workloads.common import Context, Recorder, closed_loop, open_run
 
 __all__ = ["profile_hot_path"]
@@ -119,7 +126,7 @@ def profile_hot_path(directory: Path, *, servers_kind: str) -> None:
     servers: ServerFactory = ProcessServers() if servers_kind == "process" else InProcessServers()
 
     async def main() -> None:
-        for cls in (StaticStrategy, ClientStrategy, MiddlewareStrategy):
+        for cls in (StaticStrategy, ClientStrategy, ClientMeStrategy, MiddlewareStrategy):
             await _throughput(servers, cls, directory)
         await _get_token(servers, directory)
 

@@ -18,6 +18,8 @@ __all__ = ["Summary", "render", "summarize"]
 OWN_TRANSPORT = {"authlib": "static-httpx", "azure-core": "static-azure"}
 #: Targets quoted under the tables.
 BASELINE = "static"
+#: The fair baseline of the oversubscription workload (static behind FIFO admission).
+FAIR = "static+fifo"
 
 
 @attrs.frozen
@@ -118,6 +120,18 @@ def ratio(header: str, name: str, *, against: str | None = BASELINE, own: bool =
         if base_name is None:
             return ""
         mine, base = s.get(w, v, st, name), s.get(w, v, base_name, name)
+        if mine is None or base is None or base.median == 0:
+            return "–"
+        return f"{mine.median / base.median:.2f}×"
+
+    return Column(header, render)
+
+
+def cross_ratio(header: str, name: str, base_metric: str, *, against: str) -> Column:
+    """Median ``name`` of the strategy over median ``base_metric`` of ``against``."""
+
+    def render(s: Summary, w: str, v: str, st: str) -> str:
+        mine, base = s.get(w, v, st, name), s.get(w, v, against, base_metric)
         if mine is None or base is None or base.median == 0:
             return "–"
         return f"{mine.median / base.median:.2f}×"
@@ -231,6 +245,34 @@ TABLES: dict[str, list[tuple[str, list[Column]]]] = {
                 metric("RSS growth KiB", "mem_rss_growth_kib", 0),
             ],
         )
+    ],
+    "oversubscription": [
+        (
+            "latency and throughput against the fair static baseline",
+            [
+                metric("req/s", "rps"),
+                ratio("req/s vs fair", "rps", against=FAIR),
+                metric("p50 ms", "p50_ms", 1),
+                ratio("p50 vs fair", "p50_ms", against=FAIR),
+                metric("p99 ms", "p99_ms", 1),
+                metric("p99.9 ms", "p999_ms", 1),
+                metric("max ms", "max_ms", 0),
+                cross_ratio("max vs fair p99.9", "max_ms", "p999_ms", against=FAIR),
+                metric("errors", "errors"),
+                metric("other load", "other_load", 2),
+            ],
+        ),
+        (
+            "waiting for a token",
+            [
+                metric("token + refresh calls", "token_calls"),
+                metric("waited, valid token held", "waits_valid"),
+                metric("waited, no valid token", "waits_invalid"),
+                metric("longest token wait ms", "longest_wait_ms", 1),
+                metric("`waits_with_valid_token`", "stats_waits_valid"),
+                metric("`waits_without_valid_token`", "stats_waits_first"),
+            ],
+        ),
     ],
     "lost-refresh": [
         (

@@ -62,3 +62,50 @@ def test_quick_benchmark_smoke_run(tmp_path: Path) -> None:
             assert metrics["recovered"] is True, run
             assert metrics["refresh_reuse"] == 0, run
             assert metrics["families_revoked"] == 0, run
+
+
+def test_oversubscription_smoke_run(tmp_path: Path) -> None:
+    """The oversubscription workload at one factor: every row runs, ours without errors and
+    without a caller waiting for a token while a valid one was held."""
+    out = tmp_path / "oversub.json"
+    proc = subprocess.run(  # noqa: S603 - our own interpreter and package
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--no-plot",
+            "-q",
+            "--idle-wait",
+            "0",
+            "--only",
+            "oversubscription",
+            "--factors",
+            "2",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "max vs fair p99.9" in proc.stdout
+    runs = json.loads(out.read_text())["runs"]
+    assert {r["strategy"] for r in runs} == {
+        "static",
+        "static+fifo",
+        "apimw_async Client",
+        "apimw_async middleware+fifo",
+        "apimw_async shared session",
+    }
+    assert {r["variant"].split(", ")[-1] for r in runs} == {"steady token", "2-s tokens"}
+    for run in runs:
+        metrics = run["metrics"]
+        assert metrics["errors"] == 0, run
+        assert metrics["requests"] > 0, run
+        if run["strategy"].startswith("apimw_async"):
+            assert metrics["waits_valid"] == 0, run
+            assert metrics["app_401"] == 0, run

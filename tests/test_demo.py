@@ -22,6 +22,10 @@ async def test_demo_crosses_expiry_without_errors() -> None:
     assert result.refresh_reuse == 0
     assert result.token_calls >= 1
     assert result.refresh_calls >= 1
+    # The cold start waits (every worker needs the first token); nobody waits afterwards.
+    assert result.waits_without_valid_token >= 1
+    assert result.waits_with_valid_token == 0
+    assert result.waits == result.waits_without_valid_token + result.waits_with_valid_token
     table = format_table(result)
     for label in (
         "requests done",
@@ -30,6 +34,8 @@ async def test_demo_crosses_expiry_without_errors() -> None:
         "re-authentications",
         "401s seen by the app",
         "p50 / p99",
+        "waits for a first token (none valid)",
+        "waits while a valid token was held",
     ):
         assert label in table
 
@@ -61,6 +67,8 @@ def test_demo_json_from_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
         "refresh_calls",
         "reauthentications",
         "app_401s",
+        "waits_without_valid_token",
+        "waits_with_valid_token",
         "p50_ms",
         "p99_ms",
     ):

@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ),
     (
         "transport",
-        ["_urls", "_envelope", "_loops", "_send", "_sessions", "_http", "_retry"],
+        ["_urls", "_envelope", "_loops", "_send", "_sessions", "_http", "_retry", "_admission"],
     ),
     ("endpoints", ["_auth_api"]),
     ("tokens", ["stores", "_token_manager"]),

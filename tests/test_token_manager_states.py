@@ -126,6 +126,37 @@ async def test_stale_token_is_served_while_one_background_refresh_runs(
     assert tm.stats.background_refreshes == 1
 
 
+async def test_waits_tell_a_missing_token_from_a_refresh_that_came_too_late(
+    clock: FakeClock,
+) -> None:
+    tm, auth = scripted_manager(clock)
+    first = asyncio.create_task(tm.get_token())
+    (await auth.next_call()).succeed("at1", expires_in=100)
+    token = await first
+    stats = tm.stats
+    assert (stats.waits_without_valid_token, stats.waits_with_valid_token) == (1, 0)
+    clock.advance(token.refresh_at - clock.monotonic())
+    assert await tm.get_token() is token  # starts the background refresh ...
+    refresh = await auth.next_call()
+    # ... which has not come back when the token passes its expiry margin (95 s of 100):
+    # the server would still accept it, so this caller waits although a valid token is held.
+    clock.advance(token.expires_at - clock.monotonic())
+    late = asyncio.create_task(tm.get_token())
+    await settle()
+    assert not late.done()
+    assert (stats.waits_without_valid_token, stats.waits_with_valid_token) == (1, 1)
+    refresh.succeed("at2", expires_in=100)
+    assert (await late).access_token == "at2"
+    # Long after the server's expiry, nothing valid is held: an expected wait.
+    clock.advance(500)
+    after = asyncio.create_task(tm.get_token())
+    (await auth.next_call()).succeed("at3", expires_in=100)
+    assert (await after).access_token == "at3"
+    assert (stats.waits_without_valid_token, stats.waits_with_valid_token) == (2, 1)
+    assert stats.waits == 3
+    await tm.aclose()
+
+
 @pytest.mark.parametrize(
     ("lifetime", "step", "lives"), [(2.0, 0.05, 25), (3600.0, 20.0, 10), (86400.0, 60.0, 3)]
 )

@@ -15,6 +15,7 @@ import pytest
 from apimw_async import (
     AccessTokenError,
     APIMWError,
+    AuthenticationError,
     BearerAuthMiddleware,
     Client,
     ConfigurationError,
@@ -435,3 +436,37 @@ def test_parsed_urls_are_cached_but_bounded() -> None:
     for i in range(3 * _client._URL_CACHE_SIZE):
         client._url(f"/whatsapp/messages/wamid.{i}", True)
     assert len(client._urls) <= _client._URL_CACHE_SIZE
+
+
+def add_401(fake: FakeAPIMW, code: str | None) -> None:
+    if code is None:  # a gateway's bare 401, no envelope
+        fake.faults.add(
+            "me", "malformed", status=401, body=b"Unauthorized", content_type="text/plain"
+        )
+    else:
+        fake.faults.add("me", status=401, code=code)
+
+
+@pytest.mark.parametrize(
+    ("code", "replayed"),
+    [("EXPIRED_TOKEN", True), ("UNAUTHORIZED", True), (None, True), ("INVALID_CREDENTIALS", False)],
+    ids=["token-code", "unknown-code", "bare-401", "other-code"],
+)
+async def test_client_and_middleware_replay_after_the_same_401s(
+    fake: FakeAPIMW, code: str | None, replayed: bool
+) -> None:
+    # One rule (is_token_refusal) for both: a 401 refusing the token, or saying nothing else.
+    tm = TokenManager(fake.credentials, base_url=fake.base_url)
+    async with tm, aiohttp.ClientSession(middlewares=(BearerAuthMiddleware(tm),)) as session:
+        add_401(fake, code)
+        async with session.get(f"{fake.base_url}/auth/me") as resp:
+            assert resp.status == (200 if replayed else 401)
+    async with client_for(fake) as client:
+        add_401(fake, code)
+        if replayed:
+            await client.auth.me()
+        else:
+            with pytest.raises(AuthenticationError):
+                await client.auth.me()
+    assert fake.stats.unauthorized == 2
+    assert fake.stats.calls["me"] == (4 if replayed else 2)

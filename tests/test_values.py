@@ -387,6 +387,21 @@ def test_current_user_wrong_shapes_are_malformed(data: Any) -> None:
         CurrentUser.from_data(data)
 
 
+def test_current_user_fast_path_agrees_with_the_checked_one() -> None:
+    # from_data checks the documented shape inline and falls back to the field-by-field
+    # checks for anything else: both must build the same result.
+    import types
+
+    variants = [
+        ME_DATA,
+        {"user": {"id": "usr_1"}, "tenant": {"id": "ten_1"}},
+        {"user": {"id": "u", "email": None}, "tenant": {"id": "t"}, "permissions": []},
+        types.MappingProxyType({**ME_DATA, "user": types.MappingProxyType(ME_DATA["user"])}),
+    ]
+    for data in variants:
+        assert CurrentUser.from_data(data) == CurrentUser._checked(data)
+
+
 # --- error_from_status -----------------------------------------------------------------------
 
 
@@ -655,3 +670,13 @@ def test_testing_surface_equals_all() -> None:
     for name in testing.__all__:
         assert hasattr(testing, name), name
     assert _public_names(testing) == set(testing.__all__)
+
+
+def test_one_rule_for_a_refused_token() -> None:
+    from apimw_async._errors import is_token_refusal
+
+    for code in ("EXPIRED_TOKEN", "INVALID_TOKEN", "REVOKED_TOKEN", None, "", "SOMETHING_NEW"):
+        assert is_token_refusal(401, code)
+    for code in ("INVALID_CREDENTIALS", "INVALID_REFRESH_TOKEN", "RATE_LIMIT_EXCEEDED"):
+        assert not is_token_refusal(401, code)
+    assert not is_token_refusal(403, "INVALID_TOKEN")

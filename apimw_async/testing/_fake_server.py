@@ -195,6 +195,11 @@ class FakeAPIMW(_AuthMixin, _WhatsAppMixin, _WebhooksMixin):
         self._rl_window = -1
         self._rl_used = 0
         self._waiters: list[asyncio.Future[None]] = []
+        self._holds: dict[str, asyncio.Event] = {}
+        self._recorded: set[str] = set()
+        self.arrivals: list[tuple[str, str]] = []
+        """``(endpoint, query string)`` of the requests to every endpoint ever held, in the
+        order they arrived, from the :meth:`hold` on (see there)."""
         self._runner: web.AppRunner | None = None
         self._closing: asyncio.Future[None] | None = None
         self._port: int | None = None
@@ -283,6 +288,7 @@ class FakeAPIMW(_AuthMixin, _WhatsAppMixin, _WebhooksMixin):
         runner, self._runner = self._runner, None
         if runner is None:
             return
+        self.release()
         if self._closing is not None and not self._closing.done():
             self._closing.set_result(None)
         try:
@@ -325,6 +331,29 @@ class FakeAPIMW(_AuthMixin, _WhatsAppMixin, _WebhooksMixin):
         The predicate is re-checked whenever a request changes the stats (no polling).
         """
         await self._wait_for(lambda: predicate(self.stats), timeout)
+
+    def hold(self, endpoint: str) -> None:
+        """Keep requests to ``endpoint`` (a route name such as ``"me"`` or ``"token"``) waiting
+        until :meth:`release`.
+
+        From then on every request to ``endpoint`` is recorded in :attr:`arrivals`, held or
+        not: tests of ordering read what the server saw, in order, without timing anything.
+        """
+        self.faults._check_endpoint(endpoint)
+        self._recorded.add(endpoint)
+        if endpoint not in self._holds:
+            self._holds[endpoint] = asyncio.Event()
+
+    def release(self, endpoint: str | None = None) -> None:
+        """Let the held requests of ``endpoint`` (all endpoints if ``None``) go on."""
+        for name in [endpoint] if endpoint is not None else list(self._holds):
+            hold = self._holds.pop(name, None)
+            if hold is not None:
+                hold.set()
+
+    async def wait_arrivals(self, count: int, timeout: float = 10.0) -> None:
+        """Return once at least ``count`` requests were recorded in :attr:`arrivals`."""
+        await self._wait_for(lambda: len(self.arrivals) >= count, timeout)
 
     async def wait_for_deliveries(self, timeout: float = 10.0) -> None:
         """Return once no webhook handshake or delivery is in flight or due on the clock.
@@ -386,7 +415,13 @@ class FakeAPIMW(_AuthMixin, _WhatsAppMixin, _WebhooksMixin):
                     stats.token_calls_with_bearer += 1
             else:
                 stats.api_calls += 1
+            hold = None
+            if self._recorded and name in self._recorded:
+                self.arrivals.append((name, request.query_string))
+                hold = self._holds.get(name)
             self._changed()
+            if hold is not None:
+                await hold.wait()
 
             latency = self.token_latency if token_endpoint else self.api_latency
             if latency > 0 and not await self._sleep(latency):

@@ -9,23 +9,36 @@ from __future__ import annotations
 
 import importlib
 
-from .apimw import ClientStrategy, MiddlewareStrategy
+from .apimw import (
+    ClientMeStrategy,
+    ClientStrategy,
+    MiddlewareFairStrategy,
+    MiddlewareStrategy,
+    SharedSessionStrategy,
+)
 from .base import Env, Probe, Strategy, Unsupported, refresh_skew
 from .handrolled import NaiveLockStrategy, NaiveStrategy
-from .static import StaticStrategy
+from .static import StaticFairStrategy, StaticStrategy
 
 __all__ = [
     "ALL",
     "BENCH_EXTRA",
+    "EVERY",
     "MAIN",
+    "OVERSUBSCRIPTION",
+    "THROUGHPUT",
     "TRANSPORT_BASELINES",
     "UNAVAILABLE",
+    "ClientMeStrategy",
     "ClientStrategy",
     "Env",
+    "MiddlewareFairStrategy",
     "MiddlewareStrategy",
     "NaiveLockStrategy",
     "NaiveStrategy",
     "Probe",
+    "SharedSessionStrategy",
+    "StaticFairStrategy",
     "StaticStrategy",
     "Strategy",
     "Unsupported",
@@ -85,11 +98,32 @@ TRANSPORT_BASELINES: tuple[type[Strategy], ...] = _available("static-httpx", "st
 
 ALL: tuple[type[Strategy], ...] = MAIN + TRANSPORT_BASELINES
 
+#: Steady throughput adds the Client's typed path (``client.auth.me()``).
+THROUGHPUT: tuple[type[Strategy], ...] = (*MAIN[:-1], ClientMeStrategy, MAIN[-1])
+
+#: The oversubscription rows: the unfair and the fair baseline, then ours with admission.
+OVERSUBSCRIPTION: tuple[type[Strategy], ...] = (
+    StaticStrategy,
+    StaticFairStrategy,
+    ClientStrategy,
+    MiddlewareFairStrategy,
+    SharedSessionStrategy,
+)
+
+#: Every strategy available, for lookups by name.
+EVERY: tuple[type[Strategy], ...] = (
+    *ALL,
+    ClientMeStrategy,
+    StaticFairStrategy,
+    MiddlewareFairStrategy,
+    SharedSessionStrategy,
+)
+
 
 def by_name(name: str) -> type[Strategy]:
     """The strategy called ``name``; :class:`KeyError` if there is none or its peer is missing
     (see :data:`UNAVAILABLE`)."""
-    for strategy in ALL:
+    for strategy in EVERY:
         if strategy.name == name:
             return strategy
     raise KeyError(name)

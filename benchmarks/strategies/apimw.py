@@ -28,7 +28,13 @@ from apimw_async import (
 
 from .base import Env, Probe, Strategy
 
-__all__ = ["ClientStrategy", "MiddlewareStrategy"]
+__all__ = [
+    "ClientMeStrategy",
+    "ClientStrategy",
+    "MiddlewareFairStrategy",
+    "MiddlewareStrategy",
+    "SharedSessionStrategy",
+]
 
 
 class _ManagerProbe(Probe):
@@ -76,6 +82,8 @@ class _Ours(Strategy):
         stats = self.manager.stats.as_dict()
         return {
             "stats_waits": stats["waits"],
+            "stats_waits_valid": stats["waits_with_valid_token"],
+            "stats_waits_first": stats["waits_without_valid_token"],
             "background_refreshes": stats["background_refreshes"],
             "fallbacks": stats["fallbacks"],
         }
@@ -121,8 +129,23 @@ class ClientStrategy(_Ours):
         await self._client.aclose()
 
 
+class ClientMeStrategy(ClientStrategy):
+    """The Client through its typed resource: ``await client.auth.me()`` (a CurrentUser)."""
+
+    name = "apimw_async Client me()"
+
+    async def request(self) -> int:
+        try:
+            await self._client.auth.me()
+        except AccessTokenError:
+            return 401
+        return 200
+
+
 class MiddlewareStrategy(_Ours):
     name = "apimw_async middleware"
+    #: ``BearerAuthMiddleware(fair_admission=...)``: off by default, as for users.
+    fair = False
 
     async def start(self) -> None:
         env = self.env
@@ -131,7 +154,7 @@ class MiddlewareStrategy(_Ours):
             _instrument(self._tokens, self.probe)
         else:
             self.probe.manager = self._tokens
-        self._middleware = BearerAuthMiddleware(self._tokens)
+        self._middleware = BearerAuthMiddleware(self._tokens, fair_admission=self.fair)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=env.connections),
             timeout=aiohttp.ClientTimeout(total=env.timeout),
@@ -172,11 +195,58 @@ class _StubResponse:
 _STUB_RESPONSE = _StubResponse()
 
 
+class _StubSession:
+    pass
+
+
 class _StubRequest:
-    """Just what the middleware reads of a ``ClientRequest`` (url, headers, method)."""
+    """Just what the middleware reads of a ``ClientRequest`` (url, headers, method, session)."""
 
     method = "GET"
 
     def __init__(self, url: str) -> None:
         self.url = URL(url)
         self.headers: dict[str, str] = {}
+        # Not a session any token manager shares: the middleware's admission stays off, as on
+        # the user's own session of the middleware row.
+        self.session = _StubSession()
+
+
+class MiddlewareFairStrategy(MiddlewareStrategy):
+    """The middleware with its fair admission switched on (``fair_admission=True``)."""
+
+    name = "apimw_async middleware+fifo"
+    fair = True
+
+
+class SharedSessionStrategy(MiddlewareStrategy):
+    """The manager on the application's own session: its token calls share the pool.
+
+    One ``aiohttp.ClientSession`` (the pool of ``connections``) carries the application's
+    requests, through ``BearerAuthMiddleware(fair_admission=True)``, and the manager's token
+    and refresh calls (``TokenManager(session=...)``).
+    """
+
+    name = "apimw_async shared session"
+
+    async def start(self) -> None:
+        env = self.env
+        middleware: list[BearerAuthMiddleware] = []
+
+        async def late(request: aiohttp.ClientRequest, handler: Any) -> aiohttp.ClientResponse:
+            # The session must exist before the manager that shares it, and the middleware
+            # needs the manager: bind it on first use.
+            return await middleware[0](request, handler)
+
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=env.connections),
+            timeout=aiohttp.ClientTimeout(total=env.timeout),
+            middlewares=(late,),
+        )
+        self._tokens = TokenManager(env.credentials, base_url=env.base_url, session=self._session)
+        if env.instrument:
+            _instrument(self._tokens, self.probe)
+        else:
+            self.probe.manager = self._tokens
+        self._middleware = BearerAuthMiddleware(self._tokens, fair_admission=True)
+        middleware.append(self._middleware)

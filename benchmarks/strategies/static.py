@@ -15,9 +15,11 @@ from typing import Any
 
 import aiohttp
 
+from apimw_async._admission import Admission
+
 from .base import Env, Strategy
 
-__all__ = ["StaticStrategy"]
+__all__ = ["StaticFairStrategy", "StaticStrategy"]
 
 
 class _Static(Strategy):
@@ -64,3 +66,30 @@ class StaticStrategy(_Static):
 
     async def close(self) -> None:
         await self._session.close()
+
+
+class StaticFairStrategy(StaticStrategy):
+    """``static`` behind a FIFO admission queue with the pool's limit: the fair baseline.
+
+    Requests take a slot in arrival order before aiohttp's pool sees them, so the pool never
+    has a queue of its own (whose order is not fair). The queue is apimw_async's
+    :class:`~apimw_async.Admission`, the same one the Client uses; no token work.
+    """
+
+    name = "static+fifo"
+
+    async def start(self) -> None:
+        await super().start()
+        self._gate = Admission(self.env.connections)
+
+    async def request(self) -> int:
+        await self._probe()
+        gate = self._gate
+        if not gate.try_acquire():
+            await gate.acquire()
+        try:
+            async with self._session.get(self.env.me_url, headers=self._headers) as resp:
+                json.loads(await resp.read())
+                return resp.status
+        finally:
+            gate.release()

@@ -10,18 +10,21 @@ from .expiry import run_expiry
 from .faults import run_faults
 from .hot_path import run_hot_path
 from .lost_refresh import run_lost_refresh
+from .oversubscription import run_oversubscription
 from .throughput import run_throughput
 from .webhook_intake import run_webhook_intake
 
 __all__ = ["WORKLOADS", "Context", "Run"]
 
-#: name → (runner, strategies it uses: "main" rows or "all" rows incl. transport baselines)
+#: name → (runner, its rows: "main", "all" (incl. transport baselines), "throughput" (all and
+#: the Client's typed path) or "oversubscription" (see benchmarks.strategies))
 WORKLOADS: dict[str, tuple[Callable[[Context], Awaitable[list[Run]]], str]] = {
     "cold-burst": (run_cold_burst, "main"),
     "expiry-crossing": (run_expiry, "all"),
-    "steady-throughput": (run_throughput, "all"),
+    "steady-throughput": (run_throughput, "throughput"),
     "faults": (run_faults, "main"),
     "hot-path": (run_hot_path, "main"),
     "lost-refresh": (run_lost_refresh, "main"),
+    "oversubscription": (run_oversubscription, "oversubscription"),
     "webhook-intake": (run_webhook_intake, "main"),  # its own rows, not token strategies
 }

@@ -8,9 +8,11 @@ errors seen by the application, and the time until the whole burst is answered.
 from __future__ import annotations
 
 import asyncio
-import time
+from contextlib import aclosing
+from functools import partial
 
-from .common import Context, LoadMeter, Recorder, Run, delta, open_run
+from ..strategies import Strategy
+from .common import Context, Recorder, Run, each_run, measure
 
 __all__ = ["run_cold_burst"]
 
@@ -19,40 +21,35 @@ TOKEN_LATENCY = 0.05
 CONNECTIONS = 100
 
 
+async def _burst(strategy: Strategy, recorder: Recorder, size: int) -> None:
+    await asyncio.gather(*(recorder.one(strategy) for _ in range(size)))
+
+
 async def run_cold_burst(ctx: Context) -> list[Run]:
     sizes = (1_000,) if ctx.quick else (1_000, 10_000)
     runs: list[Run] = []
+    options = {"token_latency": TOKEN_LATENCY, "reuse_detection": True}
     for size in sizes:
-        for rep in range(ctx.reps):
-            for strategy_cls in ctx.strategies:
-                async with open_run(
-                    ctx,
-                    strategy_cls,
-                    server_options={
-                        "token_latency": TOKEN_LATENCY,
-                        "reuse_detection": True,
-                        "seed": rep,
-                    },
-                    connections=CONNECTIONS,
-                ) as (server, strategy):
-                    recorder = Recorder()
-                    before = server.stats()
-                    meter = LoadMeter(server)
-                    t0 = time.perf_counter()
-                    await asyncio.gather(*(recorder.one(strategy) for _ in range(size)))
-                    elapsed = time.perf_counter() - t0
-                    load = meter.stop()
-                    after = server.stats()
+        async with aclosing(
+            each_run(
+                ctx, server_options=lambda rep: {**options, "seed": rep}, connections=CONNECTIONS
+            )
+        ) as slots:
+            async for slot in slots:
+                strategy = slot.strategy
+                recorder = Recorder()
+
+                m = await measure(slot, partial(_burst, strategy, recorder, size))
                 metrics = {
-                    "token_calls": delta(before, after, "token_calls", "refresh_calls"),
-                    "elapsed_s": round(elapsed, 3),
+                    "token_calls": m.delta("token_calls", "refresh_calls"),
+                    "elapsed_s": round(m.elapsed, 3),
                     **recorder.outcome_metrics(),
-                    **load,
+                    **m.load,
                 }
-                runs.append(Run(NAME, f"{size:,} concurrent", strategy_cls.name, rep, metrics))
+                runs.append(Run(NAME, f"{size:,} concurrent", slot.name, slot.rep, metrics))
                 ctx.log(
-                    f"{NAME} {size} rep {rep} {strategy_cls.name}: "
+                    f"{NAME} {size} rep {slot.rep} {slot.name}: "
                     f"{metrics['token_calls']} token calls, {metrics['errors']} errors, "
-                    f"{elapsed:.2f}s"
+                    f"{m.elapsed:.2f}s"
                 )
     return runs

@@ -9,7 +9,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -21,10 +21,14 @@ from ..strategies import Env, Strategy
 __all__ = [
     "Context",
     "LoadMeter",
+    "Measured",
     "Recorder",
     "Run",
+    "Slot",
     "closed_loop",
     "delta",
+    "each_run",
+    "measure",
     "open_run",
     "other_load",
     "percentile",
@@ -69,6 +73,8 @@ class Context:
     idle_budget: list[float] = attrs.field(factory=lambda: [0.0])
     #: Seconds spent waiting for that, over the whole invocation.
     idle_waited: float = 0.0
+    #: Oversubscription factors to run (``None``: the workload's own list).
+    factors: tuple[int, ...] | None = None
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -268,11 +274,15 @@ async def closed_loop(
     workers: int,
     *,
     until: float | None = None,
+    duration: float | None = None,
     count: int | None = None,
 ) -> float:
-    """``workers`` coroutines send requests back to back until time ``until`` (perf_counter)
-    or until ``count`` requests were started; returns the elapsed seconds."""
+    """``workers`` coroutines send requests back to back until time ``until`` (perf_counter),
+    for ``duration`` seconds, or until ``count`` requests were started; returns the elapsed
+    seconds."""
     started = 0
+    if duration is not None:
+        until = time.perf_counter() + duration
 
     async def worker() -> None:
         nonlocal started
@@ -288,3 +298,89 @@ async def closed_loop(
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(workers)))
     return time.perf_counter() - t0
+
+
+# --- the run loop every workload shares ---------------------------------------------------------
+
+
+@attrs.define
+class Slot:
+    """One run in progress: which repetition and strategy, its fresh server and strategy."""
+
+    rep: int
+    strategy_cls: type[Strategy]
+    server: Server
+    strategy: Strategy
+
+    @property
+    def name(self) -> str:
+        return self.strategy_cls.name
+
+
+@attrs.define
+class Measured:
+    """What :func:`measure` saw around a timed phase."""
+
+    elapsed: float
+    before: dict[str, Any]
+    after: dict[str, Any]
+    load: dict[str, float]
+    counters_before: dict[str, Any]
+    counters_after: dict[str, Any]
+    probe: dict[str, Any]
+
+    def delta(self, *names: str) -> int:
+        """Growth of the named server counters during the phase."""
+        return delta(self.before, self.after, *names)
+
+    def counter_delta(self, name: str) -> int | None:
+        """Growth of a strategy counter during the phase (``None`` if it has none)."""
+        if name not in self.counters_after:
+            return None
+        return int(self.counters_after[name]) - int(self.counters_before.get(name, 0))
+
+
+async def each_run(
+    ctx: Context,
+    *,
+    server_options: Callable[[int], dict[str, Any]],
+    connections: int,
+    instrument: bool = False,
+    strategies: Sequence[type[Strategy]] | None = None,
+) -> AsyncIterator[Slot]:
+    """Repetitions × strategies, alternating strategies run by run, each with a fresh server
+    (built with ``server_options(rep)``) and a started strategy. Use it with
+    ``contextlib.aclosing`` so that a failing run still stops its server."""
+    for rep in range(ctx.reps):
+        for strategy_cls in strategies if strategies is not None else ctx.strategies:
+            async with open_run(
+                ctx,
+                strategy_cls,
+                server_options=server_options(rep),
+                connections=connections,
+                instrument=instrument,
+            ) as (server, strategy):
+                yield Slot(rep, strategy_cls, server, strategy)
+
+
+async def measure(slot: Slot, body: Callable[[], Awaitable[object]]) -> Measured:
+    """Run the timed phase ``body`` with the server's counters, the strategy's counters, the
+    probe and the other processes' CPU load taken around it."""
+    server, strategy = slot.server, slot.strategy
+    counters_before = strategy.counters()
+    before = server.stats()
+    meter = LoadMeter(server)
+    t0 = time.perf_counter()
+    await body()
+    elapsed = time.perf_counter() - t0
+    load = meter.stop()
+    after = server.stats()
+    return Measured(
+        elapsed=elapsed,
+        before=before,
+        after=after,
+        load=load,
+        counters_before=counters_before,
+        counters_after=strategy.counters(),
+        probe=strategy.probe.as_dict(),
+    )

@@ -10,9 +10,10 @@ probe), and the latency distribution (kept for the plot).
 
 from __future__ import annotations
 
-import time
+from contextlib import aclosing
+from functools import partial
 
-from .common import Context, LoadMeter, Recorder, Run, closed_loop, delta, open_run
+from .common import Context, Recorder, Run, closed_loop, each_run, measure
 
 __all__ = ["run_expiry"]
 
@@ -26,60 +27,50 @@ CONNECTIONS = 256
 async def run_expiry(ctx: Context) -> list[Run]:
     duration = 2.5 if ctx.quick else 10.0
     runs: list[Run] = []
-    for rep in range(ctx.reps):
-        for strategy_cls in ctx.strategies:
-            async with open_run(
-                ctx,
-                strategy_cls,
-                server_options={
-                    "token_lifetime": LIFETIME,
-                    "token_latency": TOKEN_LATENCY,
-                    "reuse_detection": True,
-                    "seed": rep,
-                },
-                connections=CONNECTIONS,
-                instrument=True,
-            ) as (server, strategy):
-                await Recorder().one(strategy)  # warm-up: the first token
-                strategy.probe.reset_waits()
-                counters_before = strategy.counters()
-                before = server.stats()
-                meter = LoadMeter(server)
-                t0 = time.perf_counter()
-                recorder = Recorder(keep_samples=True, origin=t0)
-                elapsed = await closed_loop(strategy, recorder, WORKERS, until=t0 + duration)
-                load = meter.stop()
-                after = server.stats()
-                counters_after = strategy.counters()
-                probe = strategy.probe.as_dict()
-            calls = delta(before, after, "token_calls", "refresh_calls")
-            issued = delta(before, after, "token_successes", "refresh_successes")
-            lifetimes = elapsed / LIFETIME
+    options = {"token_lifetime": LIFETIME, "token_latency": TOKEN_LATENCY, "reuse_detection": True}
+    async with aclosing(
+        each_run(
+            ctx,
+            server_options=lambda rep: {**options, "seed": rep},
+            connections=CONNECTIONS,
+            instrument=True,
+        )
+    ) as slots:
+        async for slot in slots:
+            strategy = slot.strategy
+            await Recorder().one(strategy)  # warm-up: the first token
+            strategy.probe.reset_waits()
+            recorder = Recorder(keep_samples=True)
+            m = await measure(
+                slot, partial(closed_loop, strategy, recorder, WORKERS, duration=duration)
+            )
+            calls = m.delta("token_calls", "refresh_calls")
+            issued = m.delta("token_successes", "refresh_successes")
+            lifetimes = m.elapsed / LIFETIME
             metrics = {
                 **recorder.outcome_metrics(),
-                "rps": round(recorder.requests / elapsed, 1),
-                "elapsed_s": round(elapsed, 3),
+                "rps": round(recorder.requests / m.elapsed, 1),
+                "elapsed_s": round(m.elapsed, 3),
                 "calls": calls,
-                "token_calls": delta(before, after, "token_calls"),
-                "refresh_calls": delta(before, after, "refresh_calls"),
+                "token_calls": m.delta("token_calls"),
+                "refresh_calls": m.delta("refresh_calls"),
                 "tokens_issued": issued,
                 "calls_per_lifetime": round(calls / lifetimes, 3),
                 "calls_per_issued": round(calls / issued, 3) if issued else None,
-                "refresh_reuse": delta(before, after, "refresh_reuse"),
-                "families_revoked": delta(before, after, "families_revoked"),
-                "server_401": delta(before, after, "unauthorized"),
-                **probe,
+                "refresh_reuse": m.delta("refresh_reuse"),
+                "families_revoked": m.delta("families_revoked"),
+                "server_401": m.delta("unauthorized"),
+                **m.probe,
                 **recorder.latency_metrics(),
-                **load,
+                **m.load,
             }
-            if "stats_waits" in counters_after:
-                metrics["stats_waits"] = counters_after["stats_waits"] - counters_before.get(
-                    "stats_waits", 0
-                )
+            waits = m.counter_delta("stats_waits")
+            if waits is not None:
+                metrics["stats_waits"] = waits
             samples = (recorder.starts if recorder.starts is not None else [], recorder.latencies)
-            runs.append(Run(NAME, "2-s tokens", strategy_cls.name, rep, metrics, samples))
+            runs.append(Run(NAME, "2-s tokens", slot.name, slot.rep, metrics, samples))
             ctx.log(
-                f"{NAME} rep {rep} {strategy_cls.name}: {recorder.requests} req, "
+                f"{NAME} rep {slot.rep} {slot.name}: {recorder.requests} req, "
                 f"{calls} token calls ({metrics['calls_per_lifetime']}/lifetime), "
                 f"reuse {metrics['refresh_reuse']}, errors {metrics['errors']}, "
                 f"waits(valid) {metrics['waits_valid']}, p99 {metrics['p99_ms']} ms"

@@ -9,9 +9,10 @@ seen by the application, token calls, and the stalls (longest wait for a token, 
 
 from __future__ import annotations
 
-import time
+from contextlib import aclosing
+from functools import partial
 
-from .common import Context, LoadMeter, Recorder, Run, closed_loop, delta, open_run
+from .common import Context, Recorder, Run, closed_loop, each_run, measure
 
 __all__ = ["run_faults"]
 
@@ -26,45 +27,38 @@ RATES = {"error_500": 0.2, "error_429": 0.1, "retry_after": 1}
 async def run_faults(ctx: Context) -> list[Run]:
     duration = 2.5 if ctx.quick else 7.0
     runs: list[Run] = []
-    for rep in range(ctx.reps):
-        for strategy_cls in ctx.strategies:
-            async with open_run(
-                ctx,
-                strategy_cls,
-                server_options={
-                    "token_lifetime": LIFETIME,
-                    "token_latency": TOKEN_LATENCY,
-                    "reuse_detection": True,
-                    "seed": 1000 + rep,
-                },
-                connections=CONNECTIONS,
-                instrument=True,
-            ) as (server, strategy):
-                await Recorder().one(strategy)  # warm-up: the first token, before any fault
-                for endpoint in ("token", "refresh"):
-                    server.set_rate(endpoint, **RATES)
-                strategy.probe.reset_waits()
-                before = server.stats()
-                meter = LoadMeter(server)
-                t0 = time.perf_counter()
-                recorder = Recorder()
-                elapsed = await closed_loop(strategy, recorder, WORKERS, until=t0 + duration)
-                load = meter.stop()
-                after = server.stats()
-                probe = strategy.probe.as_dict()
+    options = {"token_lifetime": LIFETIME, "token_latency": TOKEN_LATENCY, "reuse_detection": True}
+    async with aclosing(
+        each_run(
+            ctx,
+            server_options=lambda rep: {**options, "seed": 1000 + rep},
+            connections=CONNECTIONS,
+            instrument=True,
+        )
+    ) as slots:
+        async for slot in slots:
+            strategy = slot.strategy
+            await Recorder().one(strategy)  # warm-up: the first token, before any fault
+            for endpoint in ("token", "refresh"):
+                slot.server.set_rate(endpoint, **RATES)
+            strategy.probe.reset_waits()
+            recorder = Recorder()
+            m = await measure(
+                slot, partial(closed_loop, strategy, recorder, WORKERS, duration=duration)
+            )
             metrics = {
                 **recorder.outcome_metrics(),
-                "elapsed_s": round(elapsed, 3),
-                "token_calls": delta(before, after, "token_calls", "refresh_calls"),
-                "faults_injected": delta(before, after, "faults_injected"),
-                "refresh_reuse": delta(before, after, "refresh_reuse"),
-                **probe,
+                "elapsed_s": round(m.elapsed, 3),
+                "token_calls": m.delta("token_calls", "refresh_calls"),
+                "faults_injected": m.delta("faults_injected"),
+                "refresh_reuse": m.delta("refresh_reuse"),
+                **m.probe,
                 **recorder.latency_metrics(),
-                **load,
+                **m.load,
             }
-            runs.append(Run(NAME, "20% 500 + 10% 429", strategy_cls.name, rep, metrics))
+            runs.append(Run(NAME, "20% 500 + 10% 429", slot.name, slot.rep, metrics))
             ctx.log(
-                f"{NAME} rep {rep} {strategy_cls.name}: {recorder.requests} req, "
+                f"{NAME} rep {slot.rep} {slot.name}: {recorder.requests} req, "
                 f"errors {metrics['errors']} {metrics['error_kinds']}, "
                 f"token calls {metrics['token_calls']} ({metrics['faults_injected']} faulted), "
                 f"max {metrics['max_ms']} ms"

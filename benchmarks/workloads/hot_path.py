@@ -19,10 +19,11 @@ import statistics
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 from ..strategies import ClientStrategy, MiddlewareStrategy
-from .common import Context, Recorder, Run, open_run
+from .common import Context, Recorder, Run, each_run
 
 __all__ = ["run_hot_path"]
 
@@ -85,35 +86,32 @@ async def run_hot_path(ctx: Context) -> list[Run]:
     repeats = 5
     memory_calls = 50_000 if ctx.quick else 1_000_000
     runs: list[Run] = []
-    for rep in range(ctx.reps):
-        for strategy_cls in ctx.strategies:
-            async with open_run(
-                ctx,
-                strategy_cls,
-                server_options={"token_lifetime": 3600.0},
-                connections=10,
-            ) as (_, strategy):
-                await Recorder().one(strategy)  # warm-up: a fresh token in the cache
-                path = strategy.token_path()
-                # Interleave the trivial await and the path so drift hits both alike.
-                trivial: list[float] = []
-                timed: list[float] = []
-                bare: list[float] = []
-                get_token = (
-                    strategy.manager.get_token
-                    if isinstance(strategy, ClientStrategy | MiddlewareStrategy)
-                    else None
-                )
-                n_trivial = await _calibrate(_trivial, seconds)
-                n_path = await _calibrate(path, seconds)
-                n_bare = await _calibrate(get_token, seconds) if get_token is not None else 0
-                gc.collect()
-                for _ in range(repeats):
-                    trivial += await _time_per_call(_trivial, n_trivial, 1)
-                    timed += await _time_per_call(path, n_path, 1)
-                    if get_token is not None:
-                        bare += await _time_per_call(get_token, n_bare, 1)
-                memory = await _memory(path, memory_calls) if rep == 0 else {}
+    async with aclosing(
+        each_run(ctx, server_options=lambda rep: {"token_lifetime": 3600.0}, connections=10)
+    ) as slots:
+        async for slot in slots:
+            strategy, rep, strategy_cls = slot.strategy, slot.rep, slot.strategy_cls
+            await Recorder().one(strategy)  # warm-up: a fresh token in the cache
+            path = strategy.token_path()
+            # Interleave the trivial await and the path so drift hits both alike.
+            trivial: list[float] = []
+            timed: list[float] = []
+            bare: list[float] = []
+            get_token = (
+                strategy.manager.get_token
+                if isinstance(strategy, ClientStrategy | MiddlewareStrategy)
+                else None
+            )
+            n_trivial = await _calibrate(_trivial, seconds)
+            n_path = await _calibrate(path, seconds)
+            n_bare = await _calibrate(get_token, seconds) if get_token is not None else 0
+            gc.collect()
+            for _ in range(repeats):
+                trivial += await _time_per_call(_trivial, n_trivial, 1)
+                timed += await _time_per_call(path, n_path, 1)
+                if get_token is not None:
+                    bare += await _time_per_call(get_token, n_bare, 1)
+            memory = await _memory(path, memory_calls) if rep == 0 else {}
             trivial_ns = min(trivial)
             metrics: dict[str, Any] = {
                 "trivial_ns": round(trivial_ns, 1),

@@ -9,9 +9,10 @@ errors seen by the application, refresh-token reuses, and whether the strategy r
 
 from __future__ import annotations
 
-import time
+from contextlib import aclosing
+from functools import partial
 
-from .common import Context, LoadMeter, Recorder, Run, closed_loop, delta, open_run
+from .common import Context, Recorder, Run, closed_loop, each_run, measure
 
 __all__ = ["run_lost_refresh"]
 
@@ -25,47 +26,42 @@ CONNECTIONS = 100
 async def run_lost_refresh(ctx: Context) -> list[Run]:
     duration = 3.0 if ctx.quick else 4.0
     runs: list[Run] = []
-    for rep in range(ctx.reps):
-        for strategy_cls in ctx.strategies:
-            async with open_run(
-                ctx,
-                strategy_cls,
-                server_options={
-                    "token_lifetime": LIFETIME,
-                    "token_latency": TOKEN_LATENCY,
-                    "reuse_detection": True,
-                    "seed": rep,
-                },
-                connections=CONNECTIONS,
-                instrument=True,
-            ) as (server, strategy):
-                await Recorder().one(strategy)  # warm-up: the first token
-                server.add_fault("refresh", "status", status=500, after=True)
-                before = server.stats()
-                meter = LoadMeter(server)
-                t0 = time.perf_counter()
-                recorder = Recorder(keep_samples=True, origin=t0)
-                elapsed = await closed_loop(strategy, recorder, WORKERS, until=t0 + duration)
-                load = meter.stop()
-                after = server.stats()
+    options = {"token_lifetime": LIFETIME, "token_latency": TOKEN_LATENCY, "reuse_detection": True}
+    async with aclosing(
+        each_run(
+            ctx,
+            server_options=lambda rep: {**options, "seed": rep},
+            connections=CONNECTIONS,
+            instrument=True,
+        )
+    ) as slots:
+        async for slot in slots:
+            strategy = slot.strategy
+            await Recorder().one(strategy)  # warm-up: the first token
+            slot.server.add_fault("refresh", "status", status=500, after=True)
+            recorder = Recorder(keep_samples=True)
+            m = await measure(
+                slot, partial(closed_loop, strategy, recorder, WORKERS, duration=duration)
+            )
+            elapsed = m.elapsed
             starts = recorder.starts if recorder.starts is not None else []
             tail = [i for i, start in enumerate(starts) if start >= elapsed - 1.0]
-            last_error = recorder.last_error_at - t0
+            last_error = recorder.last_error_at - recorder.origin
             recovered = bool(tail) and last_error < elapsed - 1.0
             metrics = {
                 **recorder.outcome_metrics(),
                 "recovered": recovered,
                 "last_error_s": round(last_error, 3) if recorder.error_count else None,
-                "token_calls": delta(before, after, "token_calls"),
-                "refresh_calls": delta(before, after, "refresh_calls"),
-                "refresh_reuse": delta(before, after, "refresh_reuse"),
-                "families_revoked": delta(before, after, "families_revoked"),
+                "token_calls": m.delta("token_calls"),
+                "refresh_calls": m.delta("refresh_calls"),
+                "refresh_reuse": m.delta("refresh_reuse"),
+                "families_revoked": m.delta("families_revoked"),
                 **recorder.latency_metrics(),
-                **load,
+                **m.load,
             }
-            runs.append(Run(NAME, "one refresh answer lost", strategy_cls.name, rep, metrics))
+            runs.append(Run(NAME, "one refresh answer lost", slot.name, slot.rep, metrics))
             ctx.log(
-                f"{NAME} rep {rep} {strategy_cls.name}: errors {metrics['errors']} "
+                f"{NAME} rep {slot.rep} {slot.name}: errors {metrics['errors']} "
                 f"{metrics['error_kinds']}, reuse {metrics['refresh_reuse']}, "
                 f"recovered {recovered}"
             )
