@@ -304,7 +304,8 @@ class _Advancer:
     def _tick(self) -> None:
         self._handle = None
         clock = self._clock
-        if not clock._pending():
+        if not clock._pending() or self._loop.is_closed():
+            self._snapshot = ()  # hold no task or future beyond the watch
             return
         now = time.monotonic()
         snapshot = self._take_snapshot()
