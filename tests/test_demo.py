@@ -22,9 +22,11 @@ async def test_demo_crosses_expiry_without_errors() -> None:
     assert result.refresh_reuse == 0
     assert result.token_calls >= 1
     assert result.refresh_calls >= 1
-    # The cold start waits (every worker needs the first token); nobody waits afterwards.
+    # The cold start waits (every worker needs the first token), counted apart from waits
+    # while a valid token was held. (Those are not asserted to be 0: with 0.5-s tokens the
+    # refresh window is 0.1 s of real time, which a loaded machine can overrun; the counter
+    # exists to show exactly that. The state tests check it on the fake clock.)
     assert result.waits_without_valid_token >= 1
-    assert result.waits_with_valid_token == 0
     assert result.waits == result.waits_without_valid_token + result.waits_with_valid_token
     table = format_table(result)
     for label in (
