@@ -223,21 +223,23 @@ def test_a_loop_per_call_with_a_redis_store_leaves_nothing_behind(redis_url: str
                 loop.close()  # with the store check (and its Redis command) maybe in flight
             clock.advance(STORE_CHECK_INTERVAL)  # every call starts a store check
 
-        call()
-        fds, loops = _open_fds(), _live_loops()
-        for _ in range(30):
-            call()
-        # Redis connections, the store check's task, the sessions: all released with their
-        # loop (pytest turns any "unclosed" warning or ignored exception into a failure).
-        assert _open_fds() - fds <= 4
-        assert _live_loops() - loops <= 1
-        assert fake.stats.token_calls == 1
-
         async def close() -> None:
             await client.aclose()
             await store.aclose()
 
-        asyncio.run(close())
+        try:
+            call()
+            fds, loops = _open_fds(), _live_loops()
+            for _ in range(30):
+                call()
+            # Redis connections (and redis-py's own tasks), the store check's task, the
+            # sessions: all released with their loop (pytest turns any "unclosed" warning or
+            # ignored exception into a failure).
+            assert _open_fds() - fds <= 4
+            assert _live_loops() - loops <= 1
+            assert fake.stats.token_calls == 1
+        finally:
+            asyncio.run(close())
 
 
 def test_per_loop_values_close_at_loop_shutdown_and_are_abandoned_for_closed_loops() -> None:
