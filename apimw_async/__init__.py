@@ -41,7 +41,7 @@ from ._errors import (
 )
 from ._middleware import BearerAuthMiddleware
 from ._models import Credentials, CurrentUser, Tenant, Token, User, fingerprint
-from ._retry import RetryPolicy, Throttle
+from ._retry import RateLimiter, RetryPolicy, Throttle
 from ._token_manager import RefreshPolicy, TokenHook, TokenManager, TokenStats
 from ._types import (
     MessageInfo,
@@ -96,6 +96,7 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "RateLimitInfo",
+    "RateLimiter",
     "RefreshPolicy",
     "RetryPolicy",
     "RevokedTokenError",

@@ -24,8 +24,8 @@ from ._config import (
 )
 from ._envelope import ApiResponse, RateLimitInfo
 from ._errors import AccessTokenError, APIMWError, ConfigurationError, RateLimitError
-from ._models import Credentials
-from ._retry import RetryPolicy, Throttle, advised_wait, is_idempotent
+from ._models import Credentials, Token
+from ._retry import RateLimiter, RetryPolicy, Throttle, advised_wait, is_idempotent
 from ._send import send
 from ._sessions import SessionProvider
 from ._token_manager import TokenManager
@@ -60,9 +60,13 @@ class Client:
     or a connection that was never established; a GET also after a 5xx, a timeout or a lost
     connection. A send (POST) whose request may have reached the server is never repeated.
     ``max_requests_per_minute`` turns on a client-side throttle (off by default) shared by
-    every task using this client. ``validate=False`` turns off the checks of documented rules
-    (E.164 numbers, message length, HTTPS webhook URLs...) made before sending. ``clock`` and
-    ``rng`` are injectable for tests (the backoff sleeps and the throttle run on ``clock``).
+    every task using this client. ``rate_limiter`` (e.g.
+    :class:`~apimw_async.stores.redis.RedisRateLimiter`) paces the API key's requests across
+    every process sharing it: a slot is taken right before each send, token in hand, and a
+    429 or an exhausted ``X-RateLimit-Remaining`` pauses them all. ``validate=False`` turns
+    off the checks of documented rules (E.164 numbers, message length, HTTPS webhook URLs...)
+    made before sending. ``clock`` and ``rng`` are injectable for tests (the backoff sleeps
+    and the throttle run on ``clock``).
     Extra keyword arguments go to the :class:`TokenManager` the client makes (``deadline``,
     ``refresh_policy``, ``on_token``...).
     """
@@ -80,6 +84,7 @@ class Client:
         clock: Clock | None = None,
         retry_policy: RetryPolicy | None = None,
         max_requests_per_minute: int | None = None,
+        rate_limiter: RateLimiter | None = None,
         validate: bool = True,
         rng: random.Random | None = None,
         **token_options: Any,
@@ -131,6 +136,12 @@ class Client:
                 raise ConfigurationError(
                     "max_requests_per_minute must be a positive integer"
                 ) from None
+        if rate_limiter is not None and not isinstance(rate_limiter, RateLimiter):
+            raise ConfigurationError(
+                "rate_limiter needs async acquire(key), release(key, slot) and pause(key, "
+                "seconds) methods (e.g. apimw_async.stores.redis.RedisRateLimiter)"
+            )
+        self._limiter = rate_limiter
         self._validate = bool(validate)
         self._sessions = SessionProvider(
             session,
@@ -184,6 +195,11 @@ class Client:
     def throttle(self) -> Throttle | None:
         """The client-side throttle, if ``max_requests_per_minute`` was given."""
         return self._throttle
+
+    @property
+    def rate_limiter(self) -> RateLimiter | None:
+        """The fleet-wide rate limiter, if one was given."""
+        return self._limiter
 
     @property
     def clock(self) -> Clock:
@@ -241,8 +257,11 @@ class Client:
             if self._throttle is not None:
                 await self._throttle.acquire()
             token = await self._tokens.get_token()
+            slot: str | None = None
+            if self._limiter is not None:
+                slot, token = await self._take_slot()
             try:
-                return await send(
+                response = await send(
                     session,
                     method,
                     url,
@@ -253,6 +272,10 @@ class Client:
                     redact=(token.access_token,),
                     on_headers=self._observe_headers,
                 )
+                if slot is not None:
+                    await self._end_slot(slot, response)
+                    slot = None
+                return response
             except AccessTokenError:
                 if replayed:
                     raise
@@ -261,6 +284,9 @@ class Client:
                 replayed = True
                 await self._tokens.invalidate(token)
             except APIMWError as exc:
+                if slot is not None:
+                    await self._end_slot(slot, exc)
+                    slot = None
                 now = clock.time()
                 delay = policy.next_delay(
                     exc,
@@ -287,6 +313,35 @@ class Client:
                     delay,
                 )
                 await clock.sleep(delay)
+            finally:
+                if slot is not None:  # cancelled or failed unexpectedly: the slot still ends
+                    await self._end_slot(slot, None)
+
+    async def _take_slot(self) -> tuple[str, Token]:
+        """A slot of the fleet-wide rate limiter, taken with the token in hand, and the token
+        to send with (the wait for the slot may have outlived the one held before)."""
+        assert self._limiter is not None
+        slot = await self._limiter.acquire(self._tokens.store_key)
+        try:
+            return slot, await self._tokens.get_token()
+        except BaseException:
+            await self._limiter.release(self._tokens.store_key, slot)
+            raise
+
+    async def _end_slot(self, slot: str, outcome: ApiResponse | BaseException | None) -> None:
+        """Release ``slot``; first pause the fleet when the answer says the quota is spent."""
+        assert self._limiter is not None
+        key = self._tokens.store_key
+        try:
+            if isinstance(outcome, RateLimitError):
+                await self._limiter.pause(key, advised_wait(outcome, now=self._clock.time()))
+            elif isinstance(outcome, ApiResponse) and "X-RateLimit-Remaining" in outcome.headers:
+                now = self._clock.time()
+                info = RateLimitInfo.from_headers(outcome.headers, now=now)
+                if info.remaining is not None and info.remaining <= 0:
+                    await self._limiter.pause(key, info.reset_in(now))
+        finally:
+            await self._limiter.release(key, slot)
 
     def _url(self, path: str, encoded: bool) -> URL:
         # Parsing a URL costs more than the rest of the request's bookkeeping: keep the

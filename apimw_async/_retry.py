@@ -12,7 +12,7 @@ import collections
 import enum
 import random
 import threading
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 from multidict import CIMultiDict
@@ -30,6 +30,7 @@ from ._errors import (
 
 __all__ = [
     "Outcome",
+    "RateLimiter",
     "RetryPolicy",
     "Throttle",
     "advised_wait",
@@ -251,3 +252,28 @@ class Throttle:
 
     def __repr__(self) -> str:
         return f"Throttle(limit={self._limit}, period={self._period:g})"
+
+
+@runtime_checkable
+class RateLimiter(Protocol):
+    """Paces one API key's requests across processes (``Client(rate_limiter=...)``).
+
+    The client calls :meth:`acquire` with its token in hand, right before each send, and
+    :meth:`release` with the returned slot once the answer (or the failure) is back, whatever
+    happened; a 429 or an exhausted ``X-RateLimit-Remaining`` makes it call :meth:`pause`
+    before the release. ``key`` identifies the API key (a hash, never the key itself).
+    :class:`apimw_async.stores.redis.RedisRateLimiter` is the fleet-wide implementation.
+    """
+
+    async def acquire(self, key: str) -> str:
+        """Wait until a request may go out now; returns the slot it holds."""
+        ...
+
+    async def release(self, key: str, slot: str) -> None:
+        """The request holding ``slot`` is over (answered, failed or never sent)."""
+        ...
+
+    async def pause(self, key: str, seconds: float | None) -> None:
+        """Hold every request of ``key`` back for ``seconds`` (``None``: the limiter's own
+        default), because the server said the quota is spent."""
+        ...

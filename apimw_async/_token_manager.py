@@ -326,6 +326,12 @@ class TokenManager:
         """The shared token store, if any."""
         return None if self._fleet is None else self._fleet.store
 
+    @property
+    def store_key(self) -> str:
+        """This API key's entry in a shared store or rate limiter: a hash of the base URL and
+        the API key, never the key itself."""
+        return self._store_key
+
     async def get_token(self) -> Token:
         """A valid access token: cached, or obtained now if none is valid.
 

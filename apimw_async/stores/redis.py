@@ -2,12 +2,14 @@
 
 One API key's token pair lives in one Redis hash, the refresh lease in one string::
 
-    {prefix}:{key}:token     hash  v = version, d = StoredToken.to_json() (encrypted if asked)
-    {prefix}:{key}:lease     string  owner id, SET NX PX (expires on its own)
-    {prefix}:{key}:updated   pub/sub channel: a message per save, release or discard
+    {prefix}:{<key>}:token     hash  v = version, d = StoredToken.to_json() (encrypted if asked)
+    {prefix}:{<key>}:lease     string  owner id, SET NX PX (expires on its own)
+    {prefix}:{<key>}:updated   pub/sub channel: a message per save, release or discard
 
 ``key`` is what the token manager passes: a hash of the base URL and API key, never the key
-itself. Every write that must be atomic is one Lua script (compare-and-set of the version,
+itself. It is the keys' hash tag (in braces), so on a Redis Cluster one API key's entries
+(and those of :class:`RedisRateLimiter`) share one slot and every script touches one slot.
+Every write that must be atomic is one Lua script (compare-and-set of the version,
 owner-checked renew and release), so a slow or resumed writer can never overwrite a newer
 pair with an older one (fencing), nor release a lease it lost.
 
@@ -28,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, Protocol, runtime_checkable
 from urllib.parse import urlsplit
@@ -48,8 +51,9 @@ from .._config import LOGGER_NAME, REFRESH_TOKEN_LIFETIME, seconds
 from .._errors import ConfigurationError, StoreUnavailableError
 from .._loops import PerLoop, abandon_task, release_transport
 from . import StoredToken
+from ._redis_limiter import LimiterStats, RedisRateLimiter, _bind
 
-__all__ = ["Cipher", "RedisTokenStore"]
+__all__ = ["Cipher", "LimiterStats", "RedisRateLimiter", "RedisTokenStore"]
 
 log = logging.getLogger(f"{LOGGER_NAME}.stores.redis")
 
@@ -218,8 +222,8 @@ class _Listener:
         self._client = client
         escaped = "".join(f"\\{c}" if c in _GLOB_SPECIALS else c for c in prefix)
         self._pattern = f"{escaped}:*:updated"
-        self._head = len(prefix) + 1
-        self._tail = len(":updated")
+        self._head = len(prefix) + 2  # "prefix:{"
+        self._tail = len("}:updated")
         self._events: dict[str, set[asyncio.Event]] = {}
         self._subscribed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -309,10 +313,16 @@ class _LoopState:
     """The Redis client, scripts and listener of one event loop."""
 
     def __init__(
-        self, client: aioredis.Redis, prefix: str, notifications: bool, owns_pool: bool
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        notifications: bool,
+        owns_pool: bool,
+        owns_client: bool = True,
     ) -> None:
         self.client = client
         self.owns_pool = owns_pool
+        self.owns_client = owns_client
         self.save = client.register_script(_SAVE)
         self.discard = client.register_script(_DISCARD)
         self.discard_empty = client.register_script(_DISCARD_EMPTY)
@@ -346,6 +356,8 @@ class _LoopState:
     async def close(self) -> None:
         if self.listener is not None:
             await self.listener.aclose()
+        if not self.owns_client:
+            return
         await _close_quietly(self.client)
         if self.owns_pool:
             with contextlib.suppress(Exception):
@@ -358,10 +370,15 @@ class RedisTokenStore:
     >>> store = RedisTokenStore.from_url("redis://localhost:6379/0")   # doctest: +SKIP
     >>> client = Client(credentials, store=store)                       # doctest: +SKIP
 
-    Give either ``url`` (``redis://``, ``rediss://`` or ``unix://``; extra keyword arguments go
-    to :meth:`redis.asyncio.Redis.from_url`) or ``client_factory``, a callable returning a new
-    :class:`redis.asyncio.Redis` (e.g. over your own ``ConnectionPool``, Sentinel master, TLS
-    settings); it is called once per event loop and the store closes what it returns.
+    Give one of ``url`` (``redis://``, ``rediss://`` or ``unix://``; extra keyword arguments go
+    to :meth:`redis.asyncio.Redis.from_url`), ``client_factory``, a callable returning a new
+    :class:`redis.asyncio.Redis` or ``RedisCluster`` (e.g. over your own ``ConnectionPool``,
+    a Sentinel master, TLS settings; called once per event loop and process, and the store
+    closes what it returns), or ``client``, one you made and close yourself: it is bound to
+    the event loop and the process that first use it (redis-py connections belong to their
+    loop), and using the store from another one raises
+    :class:`~apimw_async.ConfigurationError` (pass ``client_factory`` for several loops or
+    forked workers).
 
     ``prefix`` starts every Redis key. ``lease_ttl`` is the lease length when a caller passes
     none. ``cipher`` (anything with ``encrypt(bytes) -> bytes`` / ``decrypt(bytes) -> bytes``,
@@ -383,6 +400,7 @@ class RedisTokenStore:
         url: str | None = None,
         *,
         client_factory: ClientFactory | None = None,
+        client: Any = None,
         prefix: str = "apimw",
         lease_ttl: float = DEFAULT_LEASE_TTL,
         cipher: Cipher | None = None,
@@ -395,12 +413,16 @@ class RedisTokenStore:
         clock: Clock | None = None,
         **redis_kwargs: Any,
     ) -> None:
-        if (url is None) == (client_factory is None):
-            raise ConfigurationError("RedisTokenStore needs either a url or a client_factory")
-        if client_factory is not None and redis_kwargs:
-            raise ConfigurationError("redis keyword arguments go with a url, not a factory")
-        if not prefix or any(c.isspace() for c in prefix):
-            raise ConfigurationError("prefix must be a non-empty string without whitespace")
+        if sum(x is not None for x in (url, client_factory, client)) != 1:
+            raise ConfigurationError(
+                "RedisTokenStore needs exactly one of url, client_factory or client"
+            )
+        if url is None and redis_kwargs:
+            raise ConfigurationError("redis keyword arguments go with a url")
+        if not prefix or any(c.isspace() or c in "{}" for c in prefix):
+            raise ConfigurationError(
+                "prefix must be a non-empty string without whitespace or braces"
+            )
         lease_ttl = seconds("lease_ttl", lease_ttl)
         poll_interval = seconds("poll_interval", poll_interval)
         socket_timeout = seconds("socket_timeout", socket_timeout)
@@ -422,9 +444,11 @@ class RedisTokenStore:
                 ) from None
             self._server = _describe_server(url)
         else:
-            self._server = "<client_factory>"
+            self._server = "<client_factory>" if client is None else "<client>"
         self._url = url
         self._factory = client_factory
+        self._user_client = client
+        self._bound: tuple[int, weakref.ref[asyncio.AbstractEventLoop]] | None = None
         self._redis_kwargs: dict[str, Any] = {
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": socket_connect_timeout,
@@ -480,15 +504,15 @@ class RedisTokenStore:
 
     def token_key(self, key: str) -> str:
         """The Redis key of ``key``'s token pair."""
-        return f"{self._prefix}:{_check_key(key)}:token"
+        return f"{self._prefix}:{{{_check_key(key)}}}:token"
 
     def lease_key(self, key: str) -> str:
         """The Redis key of ``key``'s refresh lease."""
-        return f"{self._prefix}:{_check_key(key)}:lease"
+        return f"{self._prefix}:{{{_check_key(key)}}}:lease"
 
     def channel(self, key: str) -> str:
         """The pub/sub channel announcing changes of ``key``'s pair."""
-        return f"{self._prefix}:{_check_key(key)}:updated"
+        return f"{self._prefix}:{{{_check_key(key)}}}:updated"
 
     # --- TokenStore --------------------------------------------------------------------------
 
@@ -704,6 +728,11 @@ class RedisTokenStore:
         return self._states.get()
 
     def _create_state(self) -> _LoopState:
+        if self._user_client is not None:
+            _bind(self, asyncio.get_running_loop(), "RedisTokenStore")
+            return _LoopState(
+                self._user_client, self._prefix, self._notifications, False, owns_client=False
+            )
         try:
             client = self._new_client()
         except (RedisError, OSError, ValueError) as exc:
@@ -714,8 +743,13 @@ class RedisTokenStore:
 
 
 def _check_key(key: str) -> str:
-    if not isinstance(key, str) or not key or len(key) > 200 or any(c.isspace() for c in key):
-        raise ValueError("a store key is a short non-empty string without whitespace")
+    if (
+        not isinstance(key, str)
+        or not key
+        or len(key) > 200
+        or any(c.isspace() or c in "{}" for c in key)
+    ):
+        raise ValueError("a store key is a short non-empty string without whitespace or braces")
     if key.startswith(("ak_", "sk_")):
         raise ValueError("a store key must be a hash of the API key, never the key itself")
     return key
