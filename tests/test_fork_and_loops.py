@@ -24,6 +24,7 @@ import pytest
 from apimw_async import Client, FakeClock
 from apimw_async._config import STORE_CHECK_INTERVAL
 from apimw_async._loops import PerLoop
+from apimw_async.stores import MemoryTokenStore
 from apimw_async.testing import FakeAPIMW
 
 from .server_thread import ServerThread
@@ -164,6 +165,27 @@ async def test_forked_children_with_a_store_go_through_the_store(
         assert client.tokens.stats.adopted == 1
         assert client.tokens.stats.fallbacks == 0
         assert client.tokens.stats.failures == 0
+        assert_no_reuse(fake)
+
+
+@needs_fork
+@pytest.mark.apimw_fake(reuse_detection=True)
+async def test_forked_children_with_a_memory_store_never_send_the_parents_refresh_token(
+    fake: FakeAPIMW, tmp_path: Path
+) -> None:
+    store = MemoryTokenStore()  # each child gets a copy: it holds the parent's refresh token
+    async with Client(
+        fake.credentials, base_url=fake.base_url, store=store, timeout=30.0
+    ) as client:
+        await client.auth.me()
+        fake.expire_access_tokens()
+        results = await fork_children(tmp_path, client)
+        assert all(r["ok"] for r in results)
+        assert fake.stats.refresh_calls == 0  # the children used the credentials
+        assert_no_reuse(fake)
+        await client.auth.me()
+        assert client.tokens.stats.refresh_calls == 1
+        assert client.tokens.stats.fallbacks == 0
         assert_no_reuse(fake)
 
 
