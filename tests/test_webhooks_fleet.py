@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -33,53 +34,82 @@ TYPES = ("message.sent", "message.delivered", "message.read", "message.received"
 
 
 class Worker:
-    def __init__(self, redis_url: str, prefix: str) -> None:
-        self.process = subprocess.Popen(  # noqa: S603 - our own module
-            [
-                sys.executable,
-                "-m",
-                "tests.webhook_worker",
-                redis_url,
-                prefix,
-                SECRET,
-                str(CLAIM_IDLE),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
+    """A worker process; its stderr goes to a file, so a failure can say why it died."""
+
+    def __init__(self, redis_url: str, prefix: str, log_path: Path) -> None:
+        self.log_path = log_path
+        with log_path.open("w") as stderr:
+            self.process = subprocess.Popen(  # noqa: S603 - our own module
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.webhook_worker",
+                    redis_url,
+                    prefix,
+                    SECRET,
+                    str(CLAIM_IDLE),
+                ],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+            )
         self.port = 0
         self.alive = True
+
+    def describe(self) -> str:
+        """Its pid, exit code and the end of its stderr (for failure messages)."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return (
+            f"worker {self.process.pid} (exit code {self.process.poll()}), stderr:\n"
+            f"{text[-3000:] or '(empty)'}"
+        )
 
     def wait_ready(self) -> None:
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if not line.startswith("PORT "):
-            raise RuntimeError(f"worker did not start: {line!r}")
+            raise RuntimeError(f"worker did not start: {line!r}; {self.describe()}")
         self.port = int(line.split()[1])
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/webhooks"
 
+    def freeze(self) -> None:
+        """SIGSTOP: what it holds can no longer change (it cannot acknowledge or touch)."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         self.alive = False
         self.process.kill()
-        self.process.wait(timeout=10)
+        self.process.wait(timeout=60)
 
     def close(self) -> None:
         if self.process.stdout is not None:
             self.process.stdout.close()
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
         if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)  # (harmless unless it was frozen)
             self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+
+    def wait_stopped(self) -> None:
+        """Wait for a clean exit after :meth:`terminate` (a hang guard only: it drains
+        nothing, the stream is empty by then); a worker that does not exit is a failure."""
+        try:
+            code = self.process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"did not stop on SIGTERM: {self.describe()}") from None
+        assert code == 0, self.describe()
+
+    def force_stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=60)
 
 
 def body(index: int) -> bytes:
@@ -98,10 +128,12 @@ def key_of(index: int) -> str:
 
 @pytest.mark.timeout(240)
 async def test_fleet_of_workers_sigkilled_during_handling_loses_nothing(
-    redis_server: RedisServer,
+    redis_server: RedisServer, tmp_path: Path
 ) -> None:
     redis_url, redis_prefix = redis_server.url, "fleet"
-    workers = [Worker(redis_url, redis_prefix) for _ in range(WORKERS)]
+    workers = [
+        Worker(redis_url, redis_prefix, tmp_path / f"worker-{n}.stderr") for n in range(WORKERS)
+    ]
     admin = redis_mod.asyncio.Redis.from_url(redis_url)
     stream = f"{redis_prefix}:{{default}}:stream"
     try:
@@ -118,28 +150,41 @@ async def test_fleet_of_workers_sigkilled_during_handling_loses_nothing(
         killed: list[Worker] = []
         held_at_death: list[int] = []
 
+        kill_lock = asyncio.Lock()  # one kill at a time: each victim is frozen alone
+
         async def kill_one_holding_entries() -> None:
             # Kill a worker while it holds entries (read, not acknowledged): the worst moment.
-            for _ in range(2000):
-                summary = await admin.xpending(stream, "apimw")
-                holding = {
-                    _text(c["name"]).split(":")[1]: _text(c["name"])
-                    for c in summary.get("consumers", [])
-                    if int(c["pending"]) > 0
-                }
-                live = [w for w in workers if w.alive and str(w.process.pid) in holding]
-                if live:
-                    victim = rng.choice(live)
-                    victim.kill()
-                    killed.append(victim)
-                    # What it held when it died (nobody claims it for CLAIM_IDLE seconds).
-                    held = await admin.xpending_range(
-                        stream, "apimw", "-", "+", 100_000, holding[str(victim.process.pid)]
-                    )
-                    held_at_death.append(len(held))
-                    return
-                await asyncio.sleep(0.005)
-            raise AssertionError("no worker ever held an entry")
+            # The candidate is frozen (SIGSTOP) before its entries are counted: a live worker
+            # acknowledges within milliseconds, so without the freeze it may hold nothing by
+            # the time the SIGKILL lands, and no take-over would be tested.
+            async with kill_lock:
+                loop = asyncio.get_running_loop()
+                hang_guard = loop.time() + 120
+                while loop.time() < hang_guard:
+                    summary = await admin.xpending(stream, "apimw")
+                    holding = {
+                        _text(c["name"]).split(":")[1]: _text(c["name"])
+                        for c in summary.get("consumers", [])
+                        if int(c["pending"]) > 0
+                    }
+                    live = [w for w in workers if w.alive and str(w.process.pid) in holding]
+                    rng.shuffle(live)
+                    for victim in live:
+                        victim.freeze()
+                        consumer = holding[str(victim.process.pid)]
+                        held = await admin.xpending_range(
+                            stream, "apimw", "-", "+", 100_000, consumer
+                        )
+                        if held:
+                            victim.kill()
+                            killed.append(victim)
+                            # Nobody else ran it: it stays pending until a live worker claims
+                            # it (after CLAIM_IDLE).
+                            held_at_death.append(len(held))
+                            return
+                        victim.thaw()
+                    await asyncio.sleep(0.005)
+                raise AssertionError("no worker ever held an entry")
 
         async def sender(session: aiohttp.ClientSession) -> None:
             nonlocal sent, next_item, refused
@@ -189,9 +234,13 @@ async def test_fleet_of_workers_sigkilled_during_handling_loses_nothing(
         assert record == expected  # every event handled, 0 lost, nothing extra
         assert await admin.xlen(f"{redis_prefix}:{{default}}:dead") == 0
 
-        for worker in workers:
-            if worker.alive:
-                worker.stop()
+        live_workers = [w for w in workers if w.alive]
+        for worker in live_workers:
+            assert worker.process.poll() is None, f"a live worker died: {worker.describe()}"
+        for worker in live_workers:  # all at once: they shut down in parallel
+            worker.terminate()
+        for worker in live_workers:
+            worker.wait_stopped()  # exit code 0: it closed cleanly and wrote its counters
         stats: dict[str, dict[str, Any]] = {
             _text(pid): json.loads(value)
             for pid, value in (await admin.hgetall(f"{redis_prefix}:stats")).items()
@@ -199,7 +248,10 @@ async def test_fleet_of_workers_sigkilled_during_handling_loses_nothing(
         live_pids = {str(w.process.pid) for w in workers if w.alive}
         assert set(stats) == live_pids
         claimed = sum(s["claimed"] for s in stats.values())
-        assert claimed > 0  # the dead consumers' entries were taken over by live ones
+        # The dead consumers' entries were taken over by live ones: at least those the last
+        # victim held (no kill came after it, so only survivors could claim them).
+        assert all(held_at_death), held_at_death
+        assert claimed >= held_at_death[-1]
         assert sum(s["dead_lettered"] for s in stats.values()) == 0
         calls = [int(v) for v in (await admin.hgetall(f"{redis_prefix}:calls")).values()]
         extra = sum(calls) - EVENTS
@@ -225,7 +277,7 @@ async def test_fleet_of_workers_sigkilled_during_handling_loses_nothing(
         assert extra <= held + max(lost, claimed - held)
     finally:
         for worker in workers:
-            worker.stop()
+            worker.force_stop()
             worker.close()
         await admin.aclose()
 
