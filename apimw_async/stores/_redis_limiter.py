@@ -21,24 +21,30 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
 import random
 import secrets
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import attrs
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from .._config import LOGGER_NAME, STORE_RETRY_INTERVAL
 from .._errors import ConfigurationError, StoreUnavailableError
-from .._loops import PerLoop, release_transport
+from .._loops import PerLoop
+from ._redis_base import (
+    REDIS_ERRORS,
+    bind,
+    check_url,
+    client_from_url,
+    close_client,
+    connection_options,
+    drop_connections,
+    pool_connections,
+    unavailable,
+    writer_transport,
+)
 
 __all__ = ["LimiterStats", "RedisRateLimiter"]
 
@@ -207,22 +213,8 @@ def _check_key(key: str) -> str:
     return key
 
 
-@contextlib.contextmanager
-def _unavailable(what: str) -> Iterator[None]:
-    try:
-        yield
-    except (RedisError, OSError, asyncio.TimeoutError) as exc:
-        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
-        raise StoreUnavailableError(
-            f"redis rate limiter: {what} failed ({type(exc).__name__}"
-            f"{': ' if detail else ''}{detail})"
-        ) from exc
-
-
-async def _close_quietly(resource: Any) -> None:
-    close = getattr(resource, "aclose", None) or resource.close
-    with contextlib.suppress(Exception):
-        await close()
+def _unavailable(what: str) -> contextlib.AbstractContextManager[None]:
+    return unavailable("redis rate limiter", what)
 
 
 class _LoopClient:
@@ -239,21 +231,12 @@ class _LoopClient:
         """Release the sockets a closed loop left behind (no await possible)."""
         if not self.owned:
             return
-        pool: Any = getattr(self.client, "connection_pool", None)
-        for connection in [
-            *getattr(pool, "_available_connections", ()),
-            *getattr(pool, "_in_use_connections", ()),
-        ]:
-            release_transport(getattr(getattr(connection, "_writer", None), "transport", None))
-            connection._writer = connection._reader = None
+        connections = pool_connections(self.client)
+        drop_connections(connections, [writer_transport(c) for c in connections])
 
     async def close(self) -> None:
         if self.owned:
-            await _close_quietly(self.client)
-            with contextlib.suppress(Exception):
-                pool = getattr(self.client, "connection_pool", None)
-                if pool is not None:
-                    await pool.disconnect()
+            await close_client(self.client)
 
 
 class RedisRateLimiter:
@@ -327,25 +310,18 @@ class RedisRateLimiter:
             },
         )
         if url is not None:
-            try:
-                aioredis.connection.parse_url(url)
-            except (ValueError, TypeError):
-                raise ConfigurationError(
-                    "not a Redis URL; expected redis://, rediss:// or unix://"
-                ) from None
+            check_url(url)
         self._url = url
         self._factory = client_factory
         self._user_client = client
         self._bound: tuple[int, weakref.ref[asyncio.AbstractEventLoop]] | None = None
-        self._redis_kwargs: dict[str, Any] = {
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": socket_timeout,
-            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            "max_connections": DEFAULT_MAX_CONNECTIONS,
-            "timeout": max(2.0, 2 * socket_timeout),
-            **redis_kwargs,
-            "decode_responses": False,
-        }
+        self._redis_kwargs = connection_options(
+            socket_timeout=socket_timeout,
+            connect_timeout=socket_timeout,
+            pool_timeout=max(2.0, 2 * socket_timeout),
+            max_connections=DEFAULT_MAX_CONNECTIONS,
+            extra=redis_kwargs,
+        )
         self._prefix = prefix
         self._max_flight = float(max_flight)
         self._max_pause = float(max_pause)
@@ -554,16 +530,15 @@ class RedisRateLimiter:
 
     def _create_state(self) -> _LoopClient:
         if self._user_client is not None:
-            _bind(self, asyncio.get_running_loop(), "RedisRateLimiter")
+            bind(self, asyncio.get_running_loop(), "RedisRateLimiter")
             return _LoopClient(self._user_client, owned=False)
         try:
             if self._factory is not None:
                 client = self._factory()
             else:
                 assert self._url is not None
-                pool = aioredis.BlockingConnectionPool.from_url(self._url, **self._redis_kwargs)
-                client = aioredis.Redis(connection_pool=pool)
-        except (RedisError, OSError, ValueError) as exc:
+                client = client_from_url(self._url, self._redis_kwargs)
+        except (*REDIS_ERRORS, ValueError) as exc:
             raise StoreUnavailableError(
                 f"redis rate limiter: cannot create a client ({type(exc).__name__})"
             ) from exc
@@ -573,23 +548,3 @@ class RedisRateLimiter:
         # The parent's outage is not the child's: try Redis at once.
         self._down_until = float("-inf")
         self._down = False
-
-
-def _bind(owner: Any, loop: asyncio.AbstractEventLoop, what: str) -> None:
-    """Bind ``owner``'s user-made client to ``loop`` and this process on first use; refuse
-    any other (its connections belong to them)."""
-    bound = owner._bound
-    if bound is None:
-        owner._bound = (os.getpid(), weakref.ref(loop))
-        return
-    pid, loop_ref = bound
-    if pid != os.getpid():
-        raise ConfigurationError(
-            f"{what}: the Redis client you passed was used in the parent process and cannot "
-            "be used after fork; pass client_factory= (called in each process and event loop)"
-        )
-    if loop_ref() is not loop:
-        raise ConfigurationError(
-            f"{what}: the Redis client you passed is bound to the event loop that first used "
-            "it; pass client_factory= to use it from several event loops"
-        )

@@ -34,17 +34,13 @@ import os
 import random
 import secrets
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 import attrs
 
 try:
-    import redis.asyncio as aioredis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import NoScriptError, RedisError, ResponseError
+    from redis.exceptions import NoScriptError, ResponseError
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "apimw_async.webhooks.redis needs redis-py: pip install 'apimw-async[redis]'"
@@ -53,6 +49,17 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from .._config import LOGGER_NAME
 from .._errors import ConfigurationError, StoreUnavailableError
 from .._loops import PerLoop
+from ..stores._redis_base import (
+    REDIS_ERRORS,
+    as_text,
+    check_url,
+    client_from_url,
+    close_client,
+    connection_options,
+    describe_url,
+    unavailable,
+)
+from ..stores._redis_base import ms as _ms
 from ._events import WebhookEvent, WebhookPayloadError, parse_event
 from ._receiver import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_CONCURRENCY, DedupState, WebhookHandler
 
@@ -359,24 +366,10 @@ _S_FORGET: Final = _Script(_FORGET)
 _S_DEDUP_CLAIM: Final = _Script(_DEDUP_CLAIM)
 _S_DEDUP_RELEASE: Final = _Script(_DEDUP_RELEASE)
 
-_REDIS_ERRORS: Final = (RedisError, OSError, asyncio.TimeoutError)
 
-
-@contextlib.contextmanager
-def _unavailable(what: str) -> Iterator[None]:
+def _unavailable(what: str) -> contextlib.AbstractContextManager[None]:
     """Turn any Redis or socket failure into :class:`StoreUnavailableError`."""
-    try:
-        yield
-    except _REDIS_ERRORS as exc:
-        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
-        raise StoreUnavailableError(
-            f"redis webhook queue: {what} failed ({type(exc).__name__}"
-            f"{': ' if detail else ''}{detail})"
-        ) from exc
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
+    return unavailable("redis webhook queue", what)
 
 
 def _raw(value: Any) -> bytes:
@@ -385,13 +378,9 @@ def _raw(value: Any) -> bytes:
 
 def _fields(flat: Any) -> dict[str, Any]:
     if isinstance(flat, dict):
-        return {_text(k): v for k, v in flat.items()}
+        return {as_text(k): v for k, v in flat.items()}
     items = list(flat)
-    return {_text(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
-
-
-def _ms(seconds: float) -> int:
-    return max(1, int(seconds * 1000))
+    return {as_text(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
 
 
 def _check_name(value: object, what: str) -> str:
@@ -427,19 +416,16 @@ class _Connections:
         self._client = client
         self._url = url
         self._kwargs = kwargs
-        self._clients: PerLoop[Any] = PerLoop(self._create, close=_close_client)
+        self._clients: PerLoop[Any] = PerLoop(self._create, close=close_client)
 
     def _create(self) -> Any:
         assert self._url is not None
         try:
-            # A blocking pool: a burst of intake requests queues for a connection briefly
-            # instead of failing with "Too many connections", which would read as an outage.
-            pool = aioredis.BlockingConnectionPool.from_url(self._url, **self._kwargs)
+            return client_from_url(self._url, self._kwargs)
         except (ValueError, TypeError) as exc:
             raise StoreUnavailableError(
                 f"redis webhook queue: cannot create a client ({type(exc).__name__})"
             ) from exc
-        return aioredis.Redis(connection_pool=pool)
 
     def get(self) -> Any:
         if self._client is not None:
@@ -452,43 +438,14 @@ class _Connections:
             await self._clients.aclose()
 
 
-async def _close_client(client: Any) -> None:
-    await _close_quietly(client)
-    # A client made on a pool does not close that pool's connections.
-    with contextlib.suppress(Exception):
-        await client.connection_pool.disconnect()
-
-
-async def _close_quietly(client: Any) -> None:
-    close = getattr(client, "aclose", None) or client.close
-    with contextlib.suppress(Exception):
-        await close()
-
-
 def _redis_kwargs(socket_timeout: float, redis_kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "socket_timeout": socket_timeout,
-        "socket_connect_timeout": DEFAULT_CONNECT_TIMEOUT,
-        # One immediate retry on a new connection (a pooled one that died with a restarted
-        # server), none on timeouts: an outage must surface fast.
-        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        "max_connections": DEFAULT_MAX_CONNECTIONS,
-        "timeout": max(2.0, socket_timeout),  # waiting for a free pool connection
-        **redis_kwargs,
-        "decode_responses": False,
-    }
-
-
-def _check_url(url: object) -> str:
-    if not isinstance(url, str):
-        raise ConfigurationError("url must be a Redis URL string")
-    try:
-        aioredis.connection.parse_url(url)
-    except (ValueError, TypeError) as exc:
-        raise ConfigurationError(
-            f"not a Redis URL ({type(exc).__name__}); expected redis://, rediss:// or unix://"
-        ) from None
-    return url
+    return connection_options(
+        socket_timeout=socket_timeout,
+        connect_timeout=DEFAULT_CONNECT_TIMEOUT,
+        pool_timeout=max(2.0, socket_timeout),
+        max_connections=DEFAULT_MAX_CONNECTIONS,
+        extra=redis_kwargs,
+    )
 
 
 def _seen_key(base: str, key: tuple[str, str]) -> str:
@@ -574,7 +531,7 @@ class RedisWebhookQueue:
         socket_timeout = _positive(socket_timeout, "socket_timeout")
         if url is not None and socket_timeout <= self._block:
             raise ConfigurationError("socket_timeout must exceed block")
-        self._server = "<client>" if url is None else _describe(_check_url(url))
+        self._server = "<client>" if url is None else describe_url(check_url(url))
         self._connections = _Connections(client, url, _redis_kwargs(socket_timeout, redis_kwargs))
         base = f"{self._prefix}:{{{self._name}}}"
         self._base = base
@@ -768,16 +725,16 @@ class RedisWebhookQueue:
         letters = []
         for entry_id, flat in entries:
             fields = _fields(flat)
-            event_id = _text(fields.get("i", b""))
+            event_id = as_text(fields.get("i", b""))
             letters.append(
                 DeadLetter(
-                    id=_text(entry_id),
-                    event_type=_text(fields.get("t", b"")),
+                    id=as_text(entry_id),
+                    event_type=as_text(fields.get("t", b"")),
                     event_id=event_id or None,
-                    attempts=int(_text(fields.get("attempts", b"0")) or 0),
-                    error=_text(fields.get("error", b"")),
-                    failed_at=float(_text(fields.get("failed_at", b"0")) or 0),
-                    source_id=_text(fields.get("source", b"")),
+                    attempts=int(as_text(fields.get("attempts", b"0")) or 0),
+                    error=as_text(fields.get("error", b"")),
+                    failed_at=float(as_text(fields.get("failed_at", b"0")) or 0),
+                    source_id=as_text(fields.get("source", b"")),
                     body=_raw(fields.get("b", b"")),
                 )
             )
@@ -790,7 +747,7 @@ class RedisWebhookQueue:
         if ids is None:
             with _unavailable("list dead letters"):
                 entries = await client.xrange(self.dead_key, "-", "+")
-            ids = [_text(entry_id) for entry_id, _ in entries]
+            ids = [as_text(entry_id) for entry_id, _ in entries]
         elif isinstance(ids, str):
             raise ConfigurationError("ids must be a list of dead-letter ids")
         replayed = 0
@@ -918,7 +875,7 @@ class RedisWebhookQueue:
                 pause = self._consumer_error("read", exc, pause)
                 await self._pause(pause)
                 continue
-            except (*_REDIS_ERRORS, StoreUnavailableError) as exc:
+            except (*REDIS_ERRORS, StoreUnavailableError) as exc:
                 pause = self._consumer_error("read", exc, pause)
                 await self._pause(pause)
                 continue
@@ -947,7 +904,7 @@ class RedisWebhookQueue:
                     next_forget = loop.time() + forget_every
                     await self._forget_consumer(stale=max(STALE_CONSUMER_IDLE, forget_every))
                 pause = _ERROR_PAUSE_MIN
-            except (*_REDIS_ERRORS, StoreUnavailableError) as exc:
+            except (*REDIS_ERRORS, StoreUnavailableError) as exc:
                 pause = self._consumer_error("claim", exc, pause)
 
     async def _touch(self, client: Any) -> None:
@@ -969,7 +926,7 @@ class RedisWebhookQueue:
                 break
             self.stats.claimed += 1
             self._begin(entry_id, flat, int(count))
-        return _text(next_cursor)
+        return as_text(next_cursor)
 
     async def _forget_consumer(self, stale: float, *, itself: bool = False) -> None:
         client = self._connections.get()
@@ -978,7 +935,7 @@ class RedisWebhookQueue:
         await _S_FORGET(client, [self.stream_key], args)
 
     def _begin(self, entry_id: Any, flat: Any, attempts: int) -> None:
-        entry = _text(entry_id)
+        entry = as_text(entry_id)
         if entry in self._held:  # a claim of an entry this consumer already works on
             return
         self._take_slot()
@@ -1035,8 +992,8 @@ class RedisWebhookQueue:
                         self.stats.dead_lettered += 1
                         log.error(
                             "webhook event %r %r failed %d time(s) (%s): moved to %s",
-                            _text(fields.get("t", b"")),
-                            _text(fields.get("i", b"")),
+                            as_text(fields.get("t", b"")),
+                            as_text(fields.get("i", b"")),
                             attempts,
                             error,
                             self.dead_key,
@@ -1097,7 +1054,7 @@ class RedisWebhookQueue:
         consumer takes it after ``claim_idle``) and ``None`` is returned."""
         try:
             return await script(self._connections.get(), keys, args)
-        except (*_REDIS_ERRORS, StoreUnavailableError) as exc:
+        except (*REDIS_ERRORS, StoreUnavailableError) as exc:
             self._consumer_error("acknowledge", exc, _ERROR_PAUSE_MIN)
             return None
 
@@ -1132,7 +1089,7 @@ class RedisWebhookDedup:
         self._prefix = _check_name(prefix, "prefix")
         self._ttl = _positive(ttl, "ttl")
         self._base = f"{self._prefix}:{{{self._name}}}"
-        self._server = "<client>" if url is None else _describe(_check_url(url))
+        self._server = "<client>" if url is None else describe_url(check_url(url))
         kwargs = _redis_kwargs(_positive(socket_timeout, "socket_timeout"), redis_kwargs)
         self._connections = _Connections(client, url, kwargs)
 
@@ -1151,7 +1108,7 @@ class RedisWebhookDedup:
             state = await _S_DEDUP_CLAIM(
                 self._connections.get(), [_seen_key(self._base, key)], [value, _ms(ttl)]
             )
-        text = _text(state)
+        text = as_text(state)
         return "new" if text == "new" else "busy" if text == "busy" else "done"
 
     async def confirm(self, key: tuple[str, str]) -> None:
@@ -1186,18 +1143,3 @@ def _entries(reply: Any) -> list[tuple[Any, Any]]:
             if fields is not None:
                 found.append((entry_id, fields))
     return found
-
-
-def _describe(url: str) -> str:
-    """``scheme://host:port/db`` of a Redis URL, without credentials."""
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-        if parts.scheme == "unix":
-            return f"unix:{parts.path}"
-        host = parts.hostname or "localhost"
-        port = parts.port or 6379
-    except ValueError:
-        return "<unparsable url>"
-    return f"{parts.scheme}://{host}:{port}/{parts.path.lstrip('/') or '0'}"
