@@ -377,6 +377,22 @@ async def test_queue_configuration_errors(redis_url: str) -> None:
         WebhookReceiver(SECRET, Handled(), queue=queue, mode="handoff")
 
 
+@pytest.mark.parametrize("cls", [RedisWebhookQueue, RedisWebhookDedup])
+def test_queue_and_dedup_check_their_client_alike(cls: Any) -> None:
+    from redis.asyncio import Redis
+
+    with pytest.raises(ConfigurationError, match="needs a client or a url"):
+        cls()
+    with pytest.raises(ConfigurationError, match="not a Redis URL"):
+        cls.from_url("http://not-redis")
+    with pytest.raises(ConfigurationError, match=r"must be a redis\.asyncio Redis"):
+        cls(object())
+    with pytest.raises(ConfigurationError, match="go with a url"):
+        cls(Redis(), socket_keepalive=True)
+    assert "hunter2pass" not in repr(cls.from_url("redis://:hunter2pass@[::1]:1/0"))
+    assert "[::1]:1/0" in repr(cls.from_url("redis://:hunter2pass@[::1]:1/0"))
+
+
 async def test_unreachable_redis_is_a_store_error(redis_server: RedisServer) -> None:
     redis_server.stop()
     queue = RedisWebhookQueue.from_url(redis_server.url)

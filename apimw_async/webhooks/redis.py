@@ -408,14 +408,34 @@ def _positive_int(value: object, what: str) -> int:
     return value
 
 
+def _check_source(owner: str, client: Any, url: object, redis_kwargs: dict[str, Any]) -> None:
+    """Exactly one of a client you made and a URL; redis keyword arguments only with a URL."""
+    if (client is None) == (url is None):
+        raise ConfigurationError(f"{owner} needs a client or a url (from_url)")
+    if client is not None and redis_kwargs:
+        raise ConfigurationError("redis keyword arguments go with a url, not a client")
+    if client is not None and not callable(getattr(client, "evalsha", None)):
+        raise ConfigurationError("client must be a redis.asyncio Redis or RedisCluster")
+
+
 class _Connections:
     """The Redis client: the user's own, or one made from a URL per event loop (redis-py
     clients are bound to the loop that made their connections; see :class:`PerLoop`)."""
 
-    def __init__(self, client: Any, url: str | None, kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self, client: Any, url: str | None, socket_timeout: float, redis_kwargs: dict[str, Any]
+    ) -> None:
         self._client = client
         self._url = url
-        self._kwargs = kwargs
+        #: The server, for a repr: ``<client>`` or the URL without credentials.
+        self.server = "<client>" if url is None else describe_url(check_url(url))
+        self._kwargs = connection_options(
+            socket_timeout=socket_timeout,
+            connect_timeout=DEFAULT_CONNECT_TIMEOUT,
+            pool_timeout=max(2.0, socket_timeout),
+            max_connections=DEFAULT_MAX_CONNECTIONS,
+            extra=redis_kwargs,
+        )
         self._clients: PerLoop[Any] = PerLoop(self._create, close=close_client)
 
     def _create(self) -> Any:
@@ -436,16 +456,6 @@ class _Connections:
         """Close the running loop's own client (a user's client is the user's to close)."""
         if self._client is None:
             await self._clients.aclose()
-
-
-def _redis_kwargs(socket_timeout: float, redis_kwargs: dict[str, Any]) -> dict[str, Any]:
-    return connection_options(
-        socket_timeout=socket_timeout,
-        connect_timeout=DEFAULT_CONNECT_TIMEOUT,
-        pool_timeout=max(2.0, socket_timeout),
-        max_connections=DEFAULT_MAX_CONNECTIONS,
-        extra=redis_kwargs,
-    )
 
 
 def _seen_key(base: str, key: tuple[str, str]) -> str:
@@ -508,12 +518,7 @@ class RedisWebhookQueue:
         socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
         **redis_kwargs: Any,
     ) -> None:
-        if (client is None) == (url is None):
-            raise ConfigurationError("RedisWebhookQueue needs a client or a url (from_url)")
-        if client is not None and redis_kwargs:
-            raise ConfigurationError("redis keyword arguments go with a url, not a client")
-        if client is not None and not callable(getattr(client, "evalsha", None)):
-            raise ConfigurationError("client must be a redis.asyncio Redis or RedisCluster")
+        _check_source("RedisWebhookQueue", client, url, redis_kwargs)
         self._name = _check_name(name, "name")
         self._prefix = _check_name(prefix, "prefix")
         self._group = _check_name(group, "group")
@@ -531,8 +536,7 @@ class RedisWebhookQueue:
         socket_timeout = _positive(socket_timeout, "socket_timeout")
         if url is not None and socket_timeout <= self._block:
             raise ConfigurationError("socket_timeout must exceed block")
-        self._server = "<client>" if url is None else describe_url(check_url(url))
-        self._connections = _Connections(client, url, _redis_kwargs(socket_timeout, redis_kwargs))
+        self._connections = _Connections(client, url, socket_timeout, redis_kwargs)
         base = f"{self._prefix}:{{{self._name}}}"
         self._base = base
         self.stream_key: Final = f"{base}:stream"
@@ -802,7 +806,7 @@ class RedisWebhookQueue:
 
     def __repr__(self) -> str:
         return (
-            f"RedisWebhookQueue(server={self._server!r}, stream={self.stream_key!r}, "
+            f"RedisWebhookQueue(server={self._connections.server!r}, stream={self.stream_key!r}, "
             f"group={self._group!r}, claim_idle={self._claim_idle:g}, "
             f"max_attempts={self._max_attempts}, running={self.running})"
         )
@@ -1081,17 +1085,13 @@ class RedisWebhookDedup:
         socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
         **redis_kwargs: Any,
     ) -> None:
-        if (client is None) == (url is None):
-            raise ConfigurationError("RedisWebhookDedup needs a client or a url (from_url)")
-        if client is not None and redis_kwargs:
-            raise ConfigurationError("redis keyword arguments go with a url, not a client")
+        _check_source("RedisWebhookDedup", client, url, redis_kwargs)
         self._name = _check_name(name, "name")
         self._prefix = _check_name(prefix, "prefix")
         self._ttl = _positive(ttl, "ttl")
         self._base = f"{self._prefix}:{{{self._name}}}"
-        self._server = "<client>" if url is None else describe_url(check_url(url))
-        kwargs = _redis_kwargs(_positive(socket_timeout, "socket_timeout"), redis_kwargs)
-        self._connections = _Connections(client, url, kwargs)
+        socket_timeout = _positive(socket_timeout, "socket_timeout")
+        self._connections = _Connections(client, url, socket_timeout, redis_kwargs)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisWebhookDedup:
@@ -1124,7 +1124,10 @@ class RedisWebhookDedup:
         await self._connections.aclose()
 
     def __repr__(self) -> str:
-        return f"RedisWebhookDedup(server={self._server!r}, name={self._name!r}, ttl={self._ttl:g})"
+        return (
+            f"RedisWebhookDedup(server={self._connections.server!r}, name={self._name!r}, "
+            f"ttl={self._ttl:g})"
+        )
 
 
 def _entries(reply: Any) -> list[tuple[Any, Any]]:
