@@ -43,6 +43,29 @@ def unavailable(component: str, what: str) -> Iterator[None]:
         ) from exc
 
 
+def check_prefix(prefix: object) -> str:
+    """``prefix`` if it can start Redis keys with a hash tag after it, else
+    :class:`ConfigurationError`."""
+    if not isinstance(prefix, str) or not prefix or any(c.isspace() or c in "{}" for c in prefix):
+        raise ConfigurationError("prefix must be a non-empty string without whitespace or braces")
+    return prefix
+
+
+def check_key(key: str, what: str) -> str:
+    """``key`` if it can be a hash tag: a short string, no whitespace or braces, and a hash
+    of the API key rather than the key itself (which would put it in Redis)."""
+    if (
+        not isinstance(key, str)
+        or not key
+        or len(key) > 200
+        or any(c.isspace() or c in "{}" for c in key)
+    ):
+        raise ValueError(f"a {what} key is a short non-empty string without whitespace or braces")
+    if key.startswith(("ak_", "sk_")):
+        raise ValueError(f"a {what} key must be a hash of the API key, never the key itself")
+    return key
+
+
 def connection_options(
     *,
     socket_timeout: float,

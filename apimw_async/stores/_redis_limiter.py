@@ -36,6 +36,8 @@ from .._loops import PerLoop
 from ._redis_base import (
     REDIS_ERRORS,
     bind,
+    check_key,
+    check_prefix,
     check_url,
     client_from_url,
     close_client,
@@ -203,16 +205,6 @@ def _parse_limits(
     return tuple(sorted(set(checked), key=lambda p: p[1]))
 
 
-def _check_key(key: str) -> str:
-    if not isinstance(key, str) or not key or len(key) > 200:
-        raise ValueError("a rate-limiter key is a short non-empty string")
-    if any(c.isspace() or c in "{}" for c in key):
-        raise ValueError("a rate-limiter key has no whitespace or braces")
-    if key.startswith(("ak_", "sk_")):
-        raise ValueError("a rate-limiter key must be a hash of the API key, never the key itself")
-    return key
-
-
 def _unavailable(what: str) -> contextlib.AbstractContextManager[None]:
     return unavailable("redis rate limiter", what)
 
@@ -294,8 +286,6 @@ class RedisRateLimiter:
             )
         if url is None and redis_kwargs:
             raise ConfigurationError("redis keyword arguments go with a url")
-        if not prefix or any(c.isspace() or c in "{}" for c in prefix):
-            raise ConfigurationError("prefix must be non-empty, without whitespace or braces")
         if not max_flight > 0 or not max_pause > 0 or not socket_timeout > 0:
             raise ConfigurationError("max_flight, max_pause and socket_timeout must be positive")
         if fallback not in ("local", "raise"):
@@ -322,7 +312,7 @@ class RedisRateLimiter:
             max_connections=DEFAULT_MAX_CONNECTIONS,
             extra=redis_kwargs,
         )
-        self._prefix = prefix
+        self._prefix = check_prefix(prefix)
         self._max_flight = float(max_flight)
         self._max_pause = float(max_pause)
         self._fallback = fallback
@@ -362,7 +352,7 @@ class RedisRateLimiter:
 
     def keys(self, key: str) -> tuple[str, str, str]:
         """The Redis keys of ``key``: slots in flight, released slots, cool-down."""
-        base = f"{self._prefix}:{{{_check_key(key)}}}:rl"
+        base = f"{self._prefix}:{{{check_key(key, 'rate-limiter')}}}:rl"
         return f"{base}:flight", f"{base}:done", f"{base}:pause"
 
     # --- RateLimiter -------------------------------------------------------------------------

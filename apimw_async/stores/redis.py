@@ -50,6 +50,8 @@ from ._redis_base import (
     REDIS_ERRORS,
     as_text,
     bind,
+    check_key,
+    check_prefix,
     check_url,
     client_from_url,
     close_client,
@@ -383,10 +385,6 @@ class RedisTokenStore:
             )
         if url is None and redis_kwargs:
             raise ConfigurationError("redis keyword arguments go with a url")
-        if not prefix or any(c.isspace() or c in "{}" for c in prefix):
-            raise ConfigurationError(
-                "prefix must be a non-empty string without whitespace or braces"
-            )
         lease_ttl = seconds("lease_ttl", lease_ttl)
         poll_interval = seconds("poll_interval", poll_interval)
         socket_timeout = seconds("socket_timeout", socket_timeout)
@@ -413,7 +411,7 @@ class RedisTokenStore:
             max_connections=DEFAULT_MAX_CONNECTIONS,
             extra=redis_kwargs,
         )
-        self._prefix = prefix
+        self._prefix = check_prefix(prefix)
         self._lease_ttl = float(lease_ttl)
         self._cipher = cipher
         self._notifications = notifications
@@ -693,13 +691,4 @@ class RedisTokenStore:
 
 
 def _check_key(key: str) -> str:
-    if (
-        not isinstance(key, str)
-        or not key
-        or len(key) > 200
-        or any(c.isspace() or c in "{}" for c in key)
-    ):
-        raise ValueError("a store key is a short non-empty string without whitespace or braces")
-    if key.startswith(("ak_", "sk_")):
-        raise ValueError("a store key must be a hash of the API key, never the key itself")
-    return key
+    return check_key(key, "store")
