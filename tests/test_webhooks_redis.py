@@ -367,6 +367,8 @@ async def test_queue_configuration_errors(redis_url: str) -> None:
         {"name": "{x}"},
         {"prefix": ""},
         {"dedup_ttl": -1},
+        {"dedup_ttl": float("inf")},
+        {"claim_idle": "30"},
         {"block": 5.0, "socket_timeout": 1.0},
     ):
         with pytest.raises(ConfigurationError):

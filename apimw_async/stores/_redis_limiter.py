@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import attrs
 
-from .._config import LOGGER_NAME, STORE_RETRY_INTERVAL
+from .._config import LOGGER_NAME, STORE_RETRY_INTERVAL, seconds
 from .._errors import ConfigurationError, StoreUnavailableError
 from .._loops import PerLoop
 from ._redis_base import (
@@ -286,8 +286,9 @@ class RedisRateLimiter:
             )
         if url is None and redis_kwargs:
             raise ConfigurationError("redis keyword arguments go with a url")
-        if not max_flight > 0 or not max_pause > 0 or not socket_timeout > 0:
-            raise ConfigurationError("max_flight, max_pause and socket_timeout must be positive")
+        max_flight = seconds("max_flight", max_flight)
+        max_pause = seconds("max_pause", max_pause, allow_infinite=True)
+        socket_timeout = seconds("socket_timeout", socket_timeout)
         if fallback not in ("local", "raise"):
             raise ConfigurationError('fallback is "local" or "raise"')
         self._limits = _parse_limits(

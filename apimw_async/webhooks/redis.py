@@ -46,7 +46,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "apimw_async.webhooks.redis needs redis-py: pip install 'apimw-async[redis]'"
     ) from exc
 
-from .._config import LOGGER_NAME
+from .._config import LOGGER_NAME, seconds
 from .._errors import ConfigurationError, StoreUnavailableError
 from .._loops import PerLoop
 from ..stores._redis_base import (
@@ -396,12 +396,6 @@ def _check_name(value: object, what: str) -> str:
     return value
 
 
-def _positive(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigurationError(f"{what} must be a positive number")
-    return float(value)
-
-
 def _positive_int(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(f"{what} must be a positive integer")
@@ -523,17 +517,15 @@ class RedisWebhookQueue:
         self._prefix = _check_name(prefix, "prefix")
         self._group = _check_name(group, "group")
         self._consumer_name = None if consumer is None else _check_name(consumer, "consumer")
-        self._claim_idle = _positive(claim_idle, "claim_idle")
+        self._claim_idle = seconds("claim_idle", claim_idle)
         self._max_attempts = _positive_int(max_attempts, "max_attempts")
-        self._retry_backoff = _positive(retry_backoff, "retry_backoff")
-        self._max_backoff = _positive(max_backoff, "max_backoff")
+        self._retry_backoff = seconds("retry_backoff", retry_backoff)
+        self._max_backoff = seconds("max_backoff", max_backoff)
         self._max_length = _positive_int(max_length, "max_length")
         self._dead_max_length = _positive_int(dead_max_length, "dead_max_length")
-        if isinstance(dedup_ttl, bool) or not isinstance(dedup_ttl, (int, float)) or dedup_ttl < 0:
-            raise ConfigurationError("dedup_ttl must be a number of seconds >= 0")
-        self._dedup_ttl = float(dedup_ttl)
-        self._block = _positive(block, "block")
-        socket_timeout = _positive(socket_timeout, "socket_timeout")
+        self._dedup_ttl = seconds("dedup_ttl", dedup_ttl, allow_zero=True)
+        self._block = seconds("block", block)
+        socket_timeout = seconds("socket_timeout", socket_timeout)
         if url is not None and socket_timeout <= self._block:
             raise ConfigurationError("socket_timeout must exceed block")
         self._connections = _Connections(client, url, socket_timeout, redis_kwargs)
@@ -1088,9 +1080,9 @@ class RedisWebhookDedup:
         _check_source("RedisWebhookDedup", client, url, redis_kwargs)
         self._name = _check_name(name, "name")
         self._prefix = _check_name(prefix, "prefix")
-        self._ttl = _positive(ttl, "ttl")
+        self._ttl = seconds("ttl", ttl)
         self._base = f"{self._prefix}:{{{self._name}}}"
-        socket_timeout = _positive(socket_timeout, "socket_timeout")
+        socket_timeout = seconds("socket_timeout", socket_timeout)
         self._connections = _Connections(client, url, socket_timeout, redis_kwargs)
 
     @classmethod
