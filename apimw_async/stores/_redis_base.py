@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import os
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -94,6 +94,22 @@ def client_from_url(url: str, options: dict[str, Any]) -> aioredis.Redis:
     instead of failing with "Too many connections", which would read as an outage."""
     pool = aioredis.BlockingConnectionPool.from_url(url, **options)
     return aioredis.Redis(connection_pool=pool)
+
+
+def new_client(
+    component: str, url: str | None, factory: Callable[[], Any] | None, options: dict[str, Any]
+) -> Any:
+    """A client of our own for the running loop: ``factory()``, else one on ``url`` with
+    ``options``; a failure to make one is :class:`StoreUnavailableError`."""
+    try:
+        if factory is not None:
+            return factory()
+        assert url is not None
+        return client_from_url(url, options)
+    except (*REDIS_ERRORS, ValueError, TypeError) as exc:
+        raise StoreUnavailableError(
+            f"{component}: cannot create a client ({type(exc).__name__})"
+        ) from exc
 
 
 def check_url(url: object) -> str:

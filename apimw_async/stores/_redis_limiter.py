@@ -34,15 +34,14 @@ from .._config import LOGGER_NAME, STORE_RETRY_INTERVAL, seconds
 from .._errors import ConfigurationError, StoreUnavailableError
 from .._loops import PerLoop
 from ._redis_base import (
-    REDIS_ERRORS,
     bind,
     check_key,
     check_prefix,
     check_url,
-    client_from_url,
     close_client,
     connection_options,
     drop_connections,
+    new_client,
     pool_connections,
     unavailable,
     writer_transport,
@@ -523,16 +522,7 @@ class RedisRateLimiter:
         if self._user_client is not None:
             bind(self, asyncio.get_running_loop(), "RedisRateLimiter")
             return _LoopClient(self._user_client, owned=False)
-        try:
-            if self._factory is not None:
-                client = self._factory()
-            else:
-                assert self._url is not None
-                client = client_from_url(self._url, self._redis_kwargs)
-        except (*REDIS_ERRORS, ValueError) as exc:
-            raise StoreUnavailableError(
-                f"redis rate limiter: cannot create a client ({type(exc).__name__})"
-            ) from exc
+        client = new_client("redis rate limiter", self._url, self._factory, self._redis_kwargs)
         return _LoopClient(client, owned=True)
 
     def _after_fork(self) -> None:

@@ -53,12 +53,12 @@ from ._redis_base import (
     check_key,
     check_prefix,
     check_url,
-    client_from_url,
     close_client,
     close_quietly,
     connection_options,
     describe_url,
     drop_connections,
+    new_client,
     pool_connections,
     unavailable,
     writer_transport,
@@ -664,12 +664,6 @@ class RedisTokenStore:
             end = token.expires_at
         return max(end - self._clock.time(), 0.0) + KEY_TTL_GRACE
 
-    def _new_client(self) -> aioredis.Redis:
-        if self._factory is not None:
-            return self._factory()
-        assert self._url is not None
-        return client_from_url(self._url, self._redis_kwargs)
-
     def _state(self) -> _LoopState:
         if self._closed:
             raise StoreUnavailableError("redis token store: the store was closed")
@@ -681,12 +675,7 @@ class RedisTokenStore:
             return _LoopState(
                 self._user_client, self._prefix, self._notifications, False, owns_client=False
             )
-        try:
-            client = self._new_client()
-        except (*REDIS_ERRORS, ValueError) as exc:
-            raise StoreUnavailableError(
-                f"redis token store: cannot create a client ({type(exc).__name__})"
-            ) from exc
+        client = new_client("redis token store", self._url, self._factory, self._redis_kwargs)
         return _LoopState(client, self._prefix, self._notifications, self._factory is None)
 
 

@@ -53,10 +53,10 @@ from ..stores._redis_base import (
     REDIS_ERRORS,
     as_text,
     check_url,
-    client_from_url,
     close_client,
     connection_options,
     describe_url,
+    new_client,
     unavailable,
 )
 from ..stores._redis_base import ms as _ms
@@ -433,13 +433,7 @@ class _Connections:
         self._clients: PerLoop[Any] = PerLoop(self._create, close=close_client)
 
     def _create(self) -> Any:
-        assert self._url is not None
-        try:
-            return client_from_url(self._url, self._kwargs)
-        except (ValueError, TypeError) as exc:
-            raise StoreUnavailableError(
-                f"redis webhook queue: cannot create a client ({type(exc).__name__})"
-            ) from exc
+        return new_client("redis webhook queue", self._url, None, self._kwargs)
 
     def get(self) -> Any:
         if self._client is not None:
