@@ -55,6 +55,10 @@ DEFAULT_IDLE_GRACE = 0.05
 DEFAULT_STALL_TIMEOUT = 2.0
 
 
+#: A ready callback or a due real timer defers a jump for at most this many idle graces.
+_HOLD_LIMIT = 10
+
+
 class ClockStalledError(RuntimeError):
     """A wait on a :class:`FakeClock` that nothing could ever end.
 
@@ -75,12 +79,12 @@ class FakeClock:
     advance time exactly when the code under test is waiting for it.
 
     ``auto_advance=True`` (the default of the pytest plugin's ``apimw_clock``) makes the clock
-    jump to the earliest pending :meth:`sleep` whenever the event loop is idle: no callback
-    ready to run, no task that has moved for ``idle_grace`` seconds of real time, and no real
-    timer due within that grace. A backoff or a cool-down then takes no real time and no test
-    code, as with trio's ``MockClock(autojump_threshold=0)``; the grace keeps the clock still
-    while a socket (the fake server, Redis) is about to answer. Manual :meth:`advance` keeps
-    working alongside.
+    jump to the earliest pending :meth:`sleep` whenever the event loop is idle: no task that
+    has moved for ``idle_grace`` seconds of real time, and no callback ready to run nor real
+    timer due within that grace (these defer a jump by ten graces at most). A backoff or a
+    cool-down then takes no real time and no test code, as with trio's
+    ``MockClock(autojump_threshold=0)``; the grace keeps the clock still while a socket (the
+    fake server, Redis) is about to answer. Manual :meth:`advance` keeps working alongside.
 
     A wait nothing could end fails instead of hanging: once the loop has been idle for
     ``stall_timeout`` seconds of real time (``None``: never), a :meth:`sleep` on a clock that
@@ -217,7 +221,9 @@ class FakeClock:
         not jump yet. Returns whether something was woken (time moved or a wait failed).
         """
         if self.auto_advance and self.sleepers:
-            if hold:
+            # Held back by a wake-up that comes first, but not for ever: a callback or a timer
+            # that has not moved any task for this long (a fast ticker) is no reason to wait.
+            if hold and idle < _HOLD_LIMIT * self.idle_grace:
                 return False
             self.auto_jumps += 1
             self.advance_to_next_deadline()
@@ -298,7 +304,8 @@ class _Advancer:
     def _tick(self) -> None:
         self._handle = None
         clock = self._clock
-        if not clock._pending():
+        if not clock._pending() or self._loop.is_closed():
+            self._snapshot = ()  # hold no task or future beyond the watch
             return
         now = time.monotonic()
         snapshot = self._take_snapshot()

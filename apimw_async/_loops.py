@@ -165,10 +165,7 @@ class PerLoop(Generic[T]):
             self._last = None
         if self._abandon is not None:
             self._abandon(entry.value)
-        # Whatever still holds a socket on that loop (a connection whose owner's clean-up
-        # could not run without the loop) can never be used again: free the descriptors.
-        for transport in list(getattr(loop, "_transports", {}).values()):
-            release_transport(transport)
+        _abandon_closed_loop(loop)
 
     async def aclose(self) -> None:
         """Close the running loop's value now; abandon those of closed loops.
@@ -208,6 +205,25 @@ def abandon_task(task: asyncio.Task[Any] | None) -> None:
     task._log_destroy_pending = False  # type: ignore[attr-defined]
     with contextlib.suppress(BaseException):
         task.get_coro().close()
+
+
+#: Modules whose tasks, left pending on a closed loop, are ours to drop: our own, and those of
+#: the libraries our per-loop values drive (e.g. the task ``asyncio.wait_for`` makes around a
+#: redis-py command before Python 3.12). Other tasks are the application's business.
+_OWN_TASK_MODULES = ("apimw_async.", "aiohttp.", "redis.")
+
+
+def _abandon_closed_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """What a closed loop still holds that our values started: pending tasks of our modules
+    (or of the libraries they drive), and every socket still open on it (a connection whose
+    owner's clean-up could not run without the loop can never be used again)."""
+    for task in list(asyncio.all_tasks(loop)):
+        frame = getattr(task.get_coro(), "cr_frame", None)
+        module = "" if frame is None else str(frame.f_globals.get("__name__", ""))
+        if (module + ".").startswith(_OWN_TASK_MODULES):
+            abandon_task(task)
+    for transport in list(getattr(loop, "_transports", {}).values()):
+        release_transport(transport)
 
 
 def release_transport(transport: Any) -> None:

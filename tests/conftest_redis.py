@@ -147,4 +147,7 @@ def redis_target(request: pytest.FixtureRequest) -> Iterator[RedisTarget]:
     except redis.RedisError:
         pass
     finally:
+        if target.cluster:
+            # SCAN on a cluster holds a connection per node that close() leaves open.
+            client.disconnect_connection_pools()
         client.close()

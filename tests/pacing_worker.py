@@ -21,14 +21,15 @@ async def _run(config: dict[str, Any], stop: Any, result: dict[str, Any]) -> Non
     if config.get("cluster"):
         from redis.asyncio.cluster import RedisCluster
 
-        redis_client: Any = RedisCluster.from_url(config["redis_url"])
+        # Generous timeouts: a loaded test machine must not look like a Redis outage.
+        redis_client: Any = RedisCluster.from_url(config["redis_url"], socket_timeout=10)
         limiter = RedisRateLimiter(
             client=redis_client, limits=config["limits"], prefix=config["prefix"]
         )
     else:
         redis_client = None
         limiter = RedisRateLimiter.from_url(
-            config["redis_url"], limits=config["limits"], prefix=config["prefix"]
+            config["redis_url"], limits=config["limits"], prefix=config["prefix"], socket_timeout=10
         )
     errors: list[str] = []
     counts = {"sent": 0, "rate_limited": 0}

@@ -19,7 +19,7 @@ import pytest
 
 from apimw_async.testing import FakeAPIMW
 
-from .test_readme import BLOCKS, WAIT, free_port
+from .test_readme import BLOCKS, WAIT, free_port, wait_until_listening
 
 pytest.importorskip("fastapi", minversion="0.112.2")
 pytest.importorskip("uvicorn")
@@ -75,6 +75,8 @@ async def test_two_uvicorn_workers_share_one_token_through_redis(
             read_until(proc.stdout, "Application startup complete", WORKERS, log), WAIT
         )
         assert fake.stats.token_calls == 1
+        # A worker listens only after its startup: the log line comes a moment too early.
+        await wait_until_listening(port, proc)
 
         async def me(session: aiohttp.ClientSession) -> None:
             async with session.get(f"http://127.0.0.1:{port}/me") as resp:

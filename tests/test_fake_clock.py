@@ -270,3 +270,19 @@ async def test_the_clock_stays_still_while_redis_answers(redis_url: str) -> None
         assert clock.auto_jumps == 1
     finally:
         await client.aclose()
+
+
+async def test_a_ticker_faster_than_the_grace_defers_a_jump_but_not_for_ever() -> None:
+    clock = FakeClock(auto_advance=True, idle_grace=0.05)
+
+    async def ticker() -> None:
+        while True:  # noqa: ASYNC110 - a real-time ticker is the point
+            await asyncio.sleep(0.005)
+
+    task = asyncio.ensure_future(ticker())
+    try:
+        await clock.sleep(30)  # its timer is always due within the grace
+        assert clock.auto_jumps == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -24,6 +24,7 @@ import pytest
 from apimw_async import Client, FakeClock
 from apimw_async._config import STORE_CHECK_INTERVAL
 from apimw_async._loops import PerLoop
+from apimw_async.stores import MemoryTokenStore
 from apimw_async.testing import FakeAPIMW
 
 from .server_thread import ServerThread
@@ -167,6 +168,27 @@ async def test_forked_children_with_a_store_go_through_the_store(
         assert_no_reuse(fake)
 
 
+@needs_fork
+@pytest.mark.apimw_fake(reuse_detection=True)
+async def test_forked_children_with_a_memory_store_never_send_the_parents_refresh_token(
+    fake: FakeAPIMW, tmp_path: Path
+) -> None:
+    store = MemoryTokenStore()  # each child gets a copy: it holds the parent's refresh token
+    async with Client(
+        fake.credentials, base_url=fake.base_url, store=store, timeout=30.0
+    ) as client:
+        await client.auth.me()
+        fake.expire_access_tokens()
+        results = await fork_children(tmp_path, client)
+        assert all(r["ok"] for r in results)
+        assert fake.stats.refresh_calls == 0  # the children used the credentials
+        assert_no_reuse(fake)
+        await client.auth.me()
+        assert client.tokens.stats.refresh_calls == 1
+        assert client.tokens.stats.fallbacks == 0
+        assert_no_reuse(fake)
+
+
 # --- event loops made and closed by hand ------------------------------------------------------
 
 
@@ -223,21 +245,23 @@ def test_a_loop_per_call_with_a_redis_store_leaves_nothing_behind(redis_url: str
                 loop.close()  # with the store check (and its Redis command) maybe in flight
             clock.advance(STORE_CHECK_INTERVAL)  # every call starts a store check
 
-        call()
-        fds, loops = _open_fds(), _live_loops()
-        for _ in range(30):
-            call()
-        # Redis connections, the store check's task, the sessions: all released with their
-        # loop (pytest turns any "unclosed" warning or ignored exception into a failure).
-        assert _open_fds() - fds <= 4
-        assert _live_loops() - loops <= 1
-        assert fake.stats.token_calls == 1
-
         async def close() -> None:
             await client.aclose()
             await store.aclose()
 
-        asyncio.run(close())
+        try:
+            call()
+            fds, loops = _open_fds(), _live_loops()
+            for _ in range(30):
+                call()
+            # Redis connections (and redis-py's own tasks), the store check's task, the
+            # sessions: all released with their loop (pytest turns any "unclosed" warning or
+            # ignored exception into a failure).
+            assert _open_fds() - fds <= 4
+            assert _live_loops() - loops <= 1
+            assert fake.stats.token_calls == 1
+        finally:
+            asyncio.run(close())
 
 
 def test_per_loop_values_close_at_loop_shutdown_and_are_abandoned_for_closed_loops() -> None:

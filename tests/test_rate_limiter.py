@@ -353,6 +353,28 @@ def test_a_forked_child_gets_its_own_connections(redis_url: str, redis_prefix: s
         loop.close()
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_a_loop_per_call_leaves_no_connection_behind(redis_url: str, redis_prefix: str) -> None:
+    from .test_fork_and_loops import _open_fds
+
+    limiter = RedisRateLimiter.from_url(redis_url, per_minute=10_000, prefix=redis_prefix)
+
+    def call() -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            slot = loop.run_until_complete(limiter.acquire(KEY))
+            loop.run_until_complete(limiter.release(KEY, slot))
+        finally:
+            loop.close()  # never shut down: its connection is released with the next loop
+
+    call()
+    fds = _open_fds()
+    for _ in range(30):
+        call()
+    assert _open_fds() - fds <= 2
+    asyncio.run(limiter.aclose())
+
+
 # --- Redis unavailable --------------------------------------------------------------------
 
 

@@ -272,6 +272,22 @@ async def serve_asgi(app: Any) -> AsyncIterator[str]:
         await asyncio.wait_for(task, WAIT)
 
 
+async def wait_until_listening(port: int, proc: asyncio.subprocess.Process) -> None:
+    """Return once ``port`` accepts connections (servers log nothing reliable when it does)."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        assert proc.returncode is None, "the server exited before it listened"
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing listened on port {port}"
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+
+
 async def run_server(block: Block, tmp_path: Path) -> None:
     script = tmp_path / "server_block.py"
     script.write_text(source_of(block))
@@ -285,17 +301,7 @@ async def run_server(block: Block, tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + WAIT
-        while True:
-            assert proc.returncode is None, "the server block exited before serving"
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                assert time.monotonic() < deadline, "the server block never listened on $PORT"
-                await asyncio.sleep(0.05)
-                continue
-            writer.close()
-            break
+        await wait_until_listening(port, proc)
         await check_http(f"http://127.0.0.1:{port}", block)
         proc.send_signal(signal.SIGINT)
         output, _ = await asyncio.wait_for(proc.communicate(), WAIT)

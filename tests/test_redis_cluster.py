@@ -1,6 +1,7 @@
-"""Every Redis part on a client the user made, against a single server and a real 3-node
-Redis Cluster (``redis_target``): one API key's keys in one slot, scripts and pub/sub
-wake-ups working, user-made clients bound to their loop and process."""
+"""Every Redis part (token store, rate limiter, webhook queue and de-duplication) on a client
+the user made, against a single server and a real 3-node Redis Cluster (``redis_target``):
+one API key's (or receiver's) keys in one slot, scripts and pub/sub wake-ups working,
+user-made clients bound to their loop and process, Sentinel-made clients."""
 
 from __future__ import annotations
 
@@ -204,3 +205,99 @@ def test_a_user_made_client_is_bound_to_the_process_that_first_used_it(
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+# --- the webhook queue and fleet-wide dedup (apimw_async.webhooks.redis) -------------------
+
+
+async def _wait_until(predicate: Any, timeout: float = 30.0) -> None:
+    """Wait for the receiver's background consumers (polls state; bounded)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+async def test_webhook_queue_on_a_user_made_client(redis_target: RedisTarget) -> None:
+    from redis.crc import key_slot
+
+    from apimw_async.webhooks import WebhookEvent, WebhookReceiver
+    from apimw_async.webhooks.redis import RedisWebhookQueue
+
+    from .test_webhooks import SECRET, event_body, signed
+
+    client = redis_target.client()
+    queue = RedisWebhookQueue(
+        client,
+        prefix=redis_target.prefix,
+        claim_idle=0.3,
+        retry_backoff=0.01,
+        max_backoff=0.05,
+        block=0.2,
+        max_attempts=2,
+    )
+    keys = [queue.stream_key, queue.dead_key, queue.seen_key("message.delivered", "evt_1")]
+    assert len({key_slot(key.encode()) for key in keys}) == 1  # one slot: scripts work
+    handled: list[str | None] = []
+    failing = {"evt_bad"}
+
+    async def on_event(event: WebhookEvent) -> None:
+        if event.id in failing:
+            raise RuntimeError("handler failed")
+        handled.append(event.id)
+
+    receiver = WebhookReceiver(SECRET, on_event, queue=queue)
+    try:
+        bodies = [event_body(f"evt_{i}") for i in range(10)]
+        bodies += [event_body("evt_3"), event_body("evt_bad")]  # a redelivery, a bad one
+        for body in bodies:
+            assert (await receiver.receive(body, signed(body))).status == 200
+        assert queue.stats.stored == 11
+        assert queue.stats.duplicates == 1
+        await receiver.start()
+        await _wait_until(lambda: len(handled) == 10 and queue.stats.dead_lettered == 1)
+        dead = await queue.dead_letters()
+        assert [letter.event.id for letter in dead] == ["evt_bad"]
+        failing.clear()
+        assert await queue.replay() == 1
+        await _wait_until(lambda: len(handled) == 11)
+        assert sorted(handled, key=str) == sorted([f"evt_{i}" for i in range(10)] + ["evt_bad"])
+    finally:
+        await receiver.aclose()
+        assert await client.ping()  # the user's client: never closed for them
+        await client.aclose()
+
+
+async def test_webhook_dedup_across_processes_on_user_made_clients(
+    redis_target: RedisTarget,
+) -> None:
+    from apimw_async.webhooks import WebhookEvent, WebhookReceiver
+    from apimw_async.webhooks.redis import RedisWebhookDedup
+
+    from .test_webhooks import SECRET, event_body, signed
+
+    handled: list[str | None] = []
+
+    async def on_event(event: WebhookEvent) -> None:
+        handled.append(event.id)
+
+    clients = [redis_target.client() for _ in range(3)]
+    receivers = [
+        WebhookReceiver(
+            SECRET, on_event, dedup=RedisWebhookDedup(client, prefix=redis_target.prefix)
+        )
+        for client in clients
+    ]
+    try:
+        body = event_body("evt_once")
+        for receiver in receivers:  # the same delivery reaches three "processes"
+            assert (await receiver.receive(body, signed(body))).status == 200
+        await _wait_until(lambda: len(handled) >= 1)
+        for receiver in receivers:
+            await receiver.aclose()
+        assert handled == ["evt_once"]
+    finally:
+        for client in clients:
+            await client.aclose()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -504,16 +506,10 @@ async def test_aiohttp_app_starts_and_stops_the_queue(redis_url: str, redis_pref
 # --- Redis Cluster -------------------------------------------------------------------------------
 
 
-async def test_queue_and_dedup_on_a_redis_cluster(request: pytest.FixtureRequest) -> None:
-    # The 3-node cluster fixture comes with the rate-limiter work (tests/conftest_redis.py);
-    # until it is there, this test has nothing to run against.
-    try:
-        cluster_url = request.getfixturevalue("redis_cluster_url")
-    except pytest.FixtureLookupError:
-        pytest.skip("no redis_cluster_url fixture in this tree")
+async def test_queue_and_dedup_on_a_redis_cluster(redis_cluster_url: str) -> None:
     from redis.asyncio.cluster import RedisCluster
 
-    client = RedisCluster.from_url(cluster_url, socket_timeout=5)
+    client = RedisCluster.from_url(redis_cluster_url, socket_timeout=5)
     prefix = f"apimw-test-{uuid.uuid4().hex[:12]}"
     try:
         # Several names: their keys hash to different slots (nodes); each script stays in one.
@@ -545,3 +541,73 @@ async def test_queue_and_dedup_on_a_redis_cluster(request: pytest.FixtureRequest
         for key in keys:
             await client.delete(key)
         await client.aclose()
+
+
+# --- fork after use ------------------------------------------------------------------------------
+
+
+def _forked_put(queue: RedisWebhookQueue, event_id: str, result_path: str) -> None:
+    """A forked child: store one delivery through the parent's queue object."""
+    outcome = "crash"
+    try:
+        event = WebhookEvent(type="message.delivered", id=event_id)
+        outcome = str(asyncio.run(queue.put(event, event_body(event_id))))
+    finally:
+        Path(result_path).write_text(outcome)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+async def test_forked_children_use_their_own_connections(
+    redis_url: str, redis_prefix: str, raw: Any, tmp_path: Path
+) -> None:
+    import multiprocessing
+    import warnings
+
+    handler = Handled()
+    queue = make_queue(redis_url, redis_prefix)
+    receiver = WebhookReceiver(SECRET, handler, queue=queue)
+    await deliver(receiver, event_body("parent-1"))  # the parent's pool has a connection now
+    ctx = multiprocessing.get_context("fork")
+    processes = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+        for index in range(2):
+            path = tmp_path / f"child-{index}"
+            process = ctx.Process(target=_forked_put, args=(queue, f"child-{index}", str(path)))
+            process.start()
+            processes.append((process, path))
+    await wait_for(lambda: all(p.exitcode is not None for p, _ in processes), timeout=60)
+    assert [(p.exitcode, path.read_text()) for p, path in processes] == [(0, "True")] * 2
+    # The children neither used nor closed the parent's connections: the parent goes on.
+    await deliver(receiver, event_body("parent-2"))
+    assert await raw.xlen(queue.stream_key) == 4
+    await receiver.start()
+    await wait_for(lambda: len(handler.calls) == 4)
+    assert sorted(handler.done) == ["child-0", "child-1", "parent-1", "parent-2"]
+    await receiver.aclose()
+
+
+async def test_no_secret_in_logs_reprs_or_errors(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    password = "redis-pass-0123456789"
+    url = redis_server.url.replace("redis://", f"redis://:{password}@")
+    handler = Handled(fail={"evt_1": 9})
+    queue = RedisWebhookQueue.from_url(url, max_attempts=1, **QUICK)
+    receiver = WebhookReceiver(SECRET, handler, queue=queue)
+    redis_server.stop()  # every Redis call fails
+    assert (await deliver(receiver, event_body("evt_1"))).status == 503
+    with pytest.raises(StoreUnavailableError) as caught:
+        await queue.put(WebhookEvent(type="t", id="i"), b"{}")
+    chain: list[BaseException] = []
+    error: BaseException | None = caught.value
+    while error is not None and len(chain) < 10:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    texts = [repr(receiver), repr(queue), caplog.text, *(str(e) for e in chain)]
+    texts += [repr(e.args) for e in chain]
+    for text in texts:
+        assert SECRET not in text
+        assert password not in text
+    await receiver.aclose()

@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import secrets
+import weakref
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
@@ -187,7 +189,9 @@ class MemoryTokenStore:
 
     Useful to share one pair between several token managers of one process (and in tests, to
     play a fleet of processes inside one). Leases expire on ``clock`` (inject the tests'
-    :class:`~apimw_async.FakeClock`). Use it from one event loop.
+    :class:`~apimw_async.FakeClock`). Use it from one event loop. A forked child gets a copy
+    that shares nothing with the parent: its refresh tokens are dropped there (the parent may
+    spend them) and its leases released.
     """
 
     def __init__(self, *, clock: Clock | None = None) -> None:
@@ -197,6 +201,12 @@ class MemoryTokenStore:
         self._changed: dict[str, asyncio.Event] = {}
         self.saves = 0
         self.lease_grants = 0
+        _MEMORY_STORES.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._tokens = {key: attrs.evolve(t, refresh_token=None) for key, t in self._tokens.items()}
+        self._leases = {}
+        self._changed = {}
 
     def _now(self) -> float:
         return self._clock.monotonic()
@@ -267,3 +277,15 @@ class MemoryTokenStore:
 
     def __repr__(self) -> str:
         return f"MemoryTokenStore(keys={len(self._tokens)})"
+
+
+_MEMORY_STORES: weakref.WeakSet[MemoryTokenStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_MEMORY_STORES):
+        store._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

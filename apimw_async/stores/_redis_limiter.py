@@ -38,7 +38,7 @@ from redis.exceptions import RedisError
 
 from .._config import LOGGER_NAME, STORE_RETRY_INTERVAL
 from .._errors import ConfigurationError, StoreUnavailableError
-from .._loops import PerLoop
+from .._loops import PerLoop, release_transport
 
 __all__ = ["LimiterStats", "RedisRateLimiter"]
 
@@ -235,6 +235,18 @@ class _LoopClient:
         self.release = client.register_script(_RELEASE)
         self.pause = client.register_script(_PAUSE)
 
+    def abandon(self) -> None:
+        """Release the sockets a closed loop left behind (no await possible)."""
+        if not self.owned:
+            return
+        pool: Any = getattr(self.client, "connection_pool", None)
+        for connection in [
+            *getattr(pool, "_available_connections", ()),
+            *getattr(pool, "_in_use_connections", ()),
+        ]:
+            release_transport(getattr(getattr(connection, "_writer", None), "transport", None))
+            connection._writer = connection._reader = None
+
     async def close(self) -> None:
         if self.owned:
             await _close_quietly(self.client)
@@ -252,12 +264,12 @@ class RedisRateLimiter:
     ...                                                                  # doctest: +SKIP
 
     Give exactly one of ``url`` (extra keyword arguments go to
-    :meth:`redis.asyncio.Redis.from_url`), ``client_factory`` (a callable returning a new
-    client, called once per event loop; the limiter closes what it returns) or ``client`` (a
-    ``redis.asyncio.Redis`` or ``RedisCluster`` you made, e.g. from Sentinel: it is bound to
-    the event loop that first uses it and to its process, and never closed by the limiter).
-    Limits: ``per_second``, ``per_minute``, ``per_hour``, ``per_day`` and/or ``limits=[(count,
-    seconds), ...]``; every one applies.
+    :meth:`redis.asyncio.Redis.from_url`), ``client_factory`` (a callable returning a new client,
+    called once per event loop; the limiter closes what it returns) or ``client`` (a
+    ``redis.asyncio.Redis`` or ``RedisCluster`` you made (``decode_responses`` off, the default),
+    e.g. from Sentinel: it is bound to the event loop that first uses it and to its process, and
+    never closed by the limiter). Limits: ``per_second``, ``per_minute``, ``per_hour``, ``per_day``
+    and/or ``limits=[(count, seconds), ...]``; every one applies.
 
     The window runs on Redis's clock and a slot is held from the moment it is taken (right
     before the send, token in hand) until one window after the answer came back, so the
@@ -344,7 +356,10 @@ class RedisRateLimiter:
             self._args_tail += [count, round(window * _US)]
         self._queues: PerLoop[dict[str, asyncio.Lock]] = PerLoop(dict)
         self._clients: PerLoop[_LoopClient] = PerLoop(
-            self._create_state, close=_LoopClient.close, after_fork=self._after_fork
+            self._create_state,
+            close=_LoopClient.close,
+            abandon=_LoopClient.abandon,
+            after_fork=self._after_fork,
         )
         self._down_until = float("-inf")
         self._down = False

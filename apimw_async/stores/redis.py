@@ -334,7 +334,8 @@ class _LoopState:
     def abandon(self) -> None:
         """Release what a closed loop left behind (no await possible): the listener's task,
         the probes in flight and the connections' sockets."""
-        pool: Any = self.client.connection_pool
+        # A client you made is yours (and a RedisCluster has no single pool): only ours here.
+        pool: Any = getattr(self.client, "connection_pool", None) if self.owns_client else None
         connections: list[Any] = [
             *getattr(pool, "_available_connections", ()),
             *getattr(pool, "_in_use_connections", ()),
@@ -370,15 +371,15 @@ class RedisTokenStore:
     >>> store = RedisTokenStore.from_url("redis://localhost:6379/0")   # doctest: +SKIP
     >>> client = Client(credentials, store=store)                       # doctest: +SKIP
 
-    Give one of ``url`` (``redis://``, ``rediss://`` or ``unix://``; extra keyword arguments go
-    to :meth:`redis.asyncio.Redis.from_url`), ``client_factory``, a callable returning a new
-    :class:`redis.asyncio.Redis` or ``RedisCluster`` (e.g. over your own ``ConnectionPool``,
-    a Sentinel master, TLS settings; called once per event loop and process, and the store
-    closes what it returns), or ``client``, one you made and close yourself: it is bound to
-    the event loop and the process that first use it (redis-py connections belong to their
-    loop), and using the store from another one raises
-    :class:`~apimw_async.ConfigurationError` (pass ``client_factory`` for several loops or
-    forked workers).
+    Give one of ``url`` (``redis://``, ``rediss://`` or ``unix://``; extra keyword arguments go to
+    :meth:`redis.asyncio.Redis.from_url`), ``client_factory``, a callable returning a new
+    :class:`redis.asyncio.Redis` or ``RedisCluster`` (e.g. over your own ``ConnectionPool``, a
+    Sentinel master, TLS settings; called once per event loop and process, and the store closes what
+    it returns), or ``client``, one you made (``decode_responses`` off, the default) and close
+    yourself: it is bound to the event loop and the process that first use it (redis-py connections
+    belong to their loop), and using the store from another one raises
+    :class:`~apimw_async.ConfigurationError` (pass ``client_factory`` for several loops or forked
+    workers).
 
     ``prefix`` starts every Redis key. ``lease_ttl`` is the lease length when a caller passes
     none. ``cipher`` (anything with ``encrypt(bytes) -> bytes`` / ``decrypt(bytes) -> bytes``,

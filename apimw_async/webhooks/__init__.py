@@ -18,9 +18,13 @@ background. Serving it with aiohttp::
     receiver = WebhookReceiver(os.environ["APIMW_WEBHOOK_SECRET"], on_event)
     web.run_app(make_aiohttp_app(receiver, path="/webhooks"), port=8080)
 
-Other frameworks call ``await receiver.receive(raw_body, headers)`` and send back the
-returned :class:`WebhookReply`. Without a server, :func:`verify_signature` and
-:func:`parse_event` are the building blocks, and :func:`sign` makes signed test deliveries.
+Other frameworks call ``await receiver.start()`` at startup, ``await receiver.receive(raw_body,
+headers)`` per request (sending back the returned :class:`WebhookReply`) and ``await
+receiver.aclose()`` at shutdown. For events that must not be lost, store them in Redis before
+the 200 with :class:`apimw_async.webhooks.redis.RedisWebhookQueue` (``queue=``), or run a
+handler that hands them to your own queue before the answer (``mode="handoff"``). Without a
+server, :func:`verify_signature` and :func:`parse_event` are the building blocks, and
+:func:`sign` makes signed test deliveries.
 """
 
 from ._aiohttp import aiohttp_handler, make_aiohttp_app

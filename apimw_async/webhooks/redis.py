@@ -619,10 +619,12 @@ class RedisWebhookQueue:
 
     @property
     def claim_idle(self) -> float:
+        """Seconds after which an untouched entry of another consumer is taken over."""
         return self._claim_idle
 
     @property
     def max_attempts(self) -> int:
+        """Handler attempts before an entry is dead-lettered."""
         return self._max_attempts
 
     @property
