@@ -277,16 +277,16 @@ class Client:
         """
         session = self._sessions.get()
         url = self._url(path, encoded)
-        try:
-            return await self._send_authenticated(session, method, url, json, params)
-        except APIMWError as exc:
-            failure = exc
-        # Only a failed request gets here: the retry loop, decided by the one RetryPolicy.
         policy, clock = self._retry, self._clock
-        repeatable = is_idempotent(method) if idempotent is None else idempotent
         attempt = 0
         waited = 0.0
         while True:
+            try:
+                return await self._send_authenticated(session, method, url, json, params)
+            except APIMWError as exc:
+                failure = exc
+            # Only a failed request gets here: the retry decided by the one RetryPolicy.
+            repeatable = is_idempotent(method) if idempotent is None else idempotent
             now = clock.time()
             delay = policy.next_delay(
                 failure,
@@ -313,10 +313,6 @@ class Client:
                 delay,
             )
             await clock.sleep(delay)
-            try:
-                return await self._send_authenticated(session, method, url, json, params)
-            except APIMWError as exc:
-                failure = exc
 
     async def _send_authenticated(
         self,

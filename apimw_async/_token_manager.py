@@ -19,8 +19,8 @@ The acquisition, step by step::
     _acquisition            the task: a failed background refresh keeps the valid token
     _retry_until_deadline   attempts, backoff, the shared cool-down, the deadline
     _obtain_once            one attempt: through the fleet's store (stores._fleet.Fleet), or alone
-    _call_token_endpoint    one HTTP call: the refresh token if held, else the credentials
-    _commit                 the new pair becomes current (before the task ends)
+    call_token_endpoint     one HTTP call: the refresh token if held, else the credentials
+    commit                  the new pair becomes current (before the task ends)
 
 With a shared store, FRESH also asks the store every few seconds (in the background) whether
 another process revoked the token.
@@ -580,7 +580,7 @@ class TokenManager:
             with self._lock:
                 if self._refresh is not None and self._refresh.shared:
                     self._refresh = None
-        return self._commit(await self._call_token_endpoint(deadline))
+        return self.commit(await self.call_token_endpoint(deadline))
 
     def _check_store_in_background(self, token: Token, now: float) -> None:
         """Ask the store (in the background) whether another process revoked ``token`` or
@@ -598,7 +598,7 @@ class TokenManager:
         task.add_done_callback(state.hooks.discard)
         task.add_done_callback(_retrieve)
 
-    async def _call_token_endpoint(self, deadline: float) -> TokenGrant:
+    async def call_token_endpoint(self, deadline: float) -> TokenGrant:
         """One token-endpoint call: refresh with the held refresh token, else the credentials."""
         timeout = min(self._request_timeout, max(0.05, deadline - self._clock.monotonic()))
         refresh = self._take_refresh_token()
@@ -636,25 +636,7 @@ class TokenManager:
             raise
 
     # --- the fleet's view of this manager (stores._fleet.FleetMember) ------------------------
-
-    def make_token(
-        self,
-        access_token: str,
-        token_type: str,
-        expires_in: float,
-        refresh_token: str | None,
-        *,
-        sent_at: float,
-        sent_at_wall: float,
-    ) -> Token:
-        return self._make_token(
-            access_token,
-            token_type,
-            expires_in,
-            refresh_token,
-            sent_at=sent_at,
-            sent_at_wall=sent_at_wall,
-        )
+    # (with call_token_endpoint, make_token and commit, which the manager uses itself)
 
     def adopt(self, token: Token) -> None:
         self._token = token
@@ -681,12 +663,6 @@ class TokenManager:
         with self._lock:
             return handle is not None and self._refresh is handle
 
-    async def call_token_endpoint(self, deadline: float) -> TokenGrant:
-        return await self._call_token_endpoint(deadline)
-
-    def commit(self, grant: TokenGrant, *, shared: bool) -> Token:
-        return self._commit(grant, shared=shared)
-
     # --- the refresh token slot and the commit step ------------------------------------------
 
     def _take_refresh_token(self) -> _RefreshToken | None:
@@ -710,7 +686,7 @@ class TokenManager:
             if self._refresh is None:
                 self._refresh = refresh
 
-    def _make_token(
+    def make_token(
         self,
         access_token: str,
         token_type: str,
@@ -733,8 +709,8 @@ class TokenManager:
             issued_at=sent_at_wall,
         )
 
-    def _commit(self, grant: TokenGrant, *, shared: bool = False) -> Token:
-        token = self._make_token(
+    def commit(self, grant: TokenGrant, *, shared: bool = False) -> Token:
+        token = self.make_token(
             grant.access_token,
             grant.token_type,
             grant.expires_in,

@@ -35,7 +35,7 @@ from yarl import URL
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import DEFAULT_BASE_URL, DEFAULT_TOKEN_DEADLINE, ENV_BASE_URL, LOGGER_NAME
 from ._errors import APIMWError
-from ._http import normalize_base_url
+from ._urls import normalize_base_url
 from ._version import __version__
 
 if TYPE_CHECKING:

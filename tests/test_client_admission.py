@@ -381,3 +381,26 @@ async def test_a_cold_start_on_a_shared_session_fills_no_reserved_slot(fake: Fak
         assert len(results) == 50
         assert fake.stats.token_calls == 1
         assert client.tokens.stats.waits >= 3
+
+
+async def test_clients_sharing_a_session_share_one_queue(fake: FakeAPIMW) -> None:
+    connector = aiohttp.TCPConnector(limit=1)
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        Client(fake.credentials, base_url=fake.base_url, session=session) as first,
+        Client(fake.credentials, base_url=fake.base_url, session=session) as second,
+    ):
+        await first.auth.me()
+        await second.auth.me()
+        assert first.admission is second.admission
+        gate = first.admission
+        assert gate is not None
+        fake.hold("me")
+        a = asyncio.create_task(first.request("GET", "/auth/me", params={"seq": "a"}))
+        await fake.wait_arrivals(1)
+        b = asyncio.create_task(second.request("GET", "/auth/me", params={"seq": "b"}))
+        c = asyncio.create_task(first.request("GET", "/auth/me", params={"seq": "c"}))
+        await queued(lambda: gate.waiting, 2)
+        fake.release("me")
+        await asyncio.gather(a, b, c)
+        assert seqs(fake) == ["a", "b", "c"]

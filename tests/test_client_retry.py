@@ -29,8 +29,8 @@ from apimw_async import (
     Throttle,
     TokenManager,
 )
+from apimw_async._envelope import parse_response
 from apimw_async._errors import APIStatusError, BadRequestError
-from apimw_async._http import parse_response
 from apimw_async._retry import Outcome, advised_wait, is_idempotent, may_retry, outcome_of
 from apimw_async.testing import FakeAPIMW
 

@@ -36,7 +36,7 @@ from apimw_async import (
     ValidationError,
     WhatsAppResource,
 )
-from apimw_async._http import ApiResponse
+from apimw_async._envelope import ApiResponse
 from apimw_async.testing import FakeAPIMW
 
 from .client_helpers import client_for, free_port, jittered

@@ -46,9 +46,10 @@ from apimw_async import (
     TokenUnavailableError,
 )
 from apimw_async._auth_api import TokenGrant
-from apimw_async._http import normalize_base_url, parse_response, parse_retry_after, send
+from apimw_async._envelope import parse_response, parse_retry_after
 from apimw_async._retry import Outcome, is_transient, outcome_of
-from apimw_async._send import _target
+from apimw_async._send import _target, send
+from apimw_async._urls import normalize_base_url
 
 PROPERTY = settings(
     max_examples=200,

@@ -20,7 +20,7 @@ import redis
 
 from apimw_async import ConfigurationError, StoreUnavailableError, TokenManager
 from apimw_async.stores import StoredToken, TokenStore
-from apimw_async.stores.redis import KEY_TTL_GRACE, RedisTokenStore
+from apimw_async.stores.redis import KEY_TTL_GRACE, RedisRateLimiter, RedisTokenStore
 from apimw_async.testing import FakeAPIMW
 
 from .redis_server import RedisServer
@@ -498,6 +498,24 @@ def test_configuration_errors() -> None:
         RedisTokenStore("redis://localhost", encryption_key=b"not a fernet key")
     with pytest.raises(ConfigurationError):
         RedisTokenStore("redis://localhost", cipher=object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("prefix", ["", "has space", "a{b}", 5])
+def test_store_and_limiter_refuse_the_same_prefixes(prefix: Any) -> None:
+    with pytest.raises(ConfigurationError, match="prefix"):
+        RedisTokenStore("redis://localhost", prefix=prefix)
+    with pytest.raises(ConfigurationError, match="prefix"):
+        RedisRateLimiter("redis://localhost", per_minute=1, prefix=prefix)
+
+
+@pytest.mark.parametrize("key", ["", "a b", "a{b}", "ak_live_x", "x" * 201])
+def test_store_and_limiter_refuse_the_same_keys(key: str) -> None:
+    store = RedisTokenStore("redis://localhost")
+    limiter = RedisRateLimiter("redis://localhost", per_minute=1)
+    with pytest.raises(ValueError, match="store key"):
+        store.token_key(key)
+    with pytest.raises(ValueError, match="rate-limiter key"):
+        limiter.keys(key)
 
 
 async def test_a_client_factory_is_called_once_per_loop(redis_url: str, redis_prefix: str) -> None:

@@ -104,7 +104,6 @@ class StoredToken:
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             # Not raised in here: the decoder's error (the implicit __context__) holds the
-            # document, tokens included.
             # document, tokens included; nor is its text kept.
             problem = f"missing field {exc}" if isinstance(exc, KeyError) else type(exc).__name__
         else:

@@ -21,24 +21,32 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
 import random
 import secrets
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import attrs
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
-from .._config import LOGGER_NAME, STORE_RETRY_INTERVAL
+from .._config import LOGGER_NAME, STORE_RETRY_INTERVAL, seconds
 from .._errors import ConfigurationError, StoreUnavailableError
-from .._loops import PerLoop, release_transport
+from .._loops import PerLoop
+from ._redis_base import (
+    bind,
+    check_key,
+    check_prefix,
+    check_url,
+    close_client,
+    close_quietly,
+    connection_options,
+    drop_connections,
+    new_client,
+    pool_connections,
+    unavailable,
+    writer_transport,
+)
 
 __all__ = ["LimiterStats", "RedisRateLimiter"]
 
@@ -197,63 +205,34 @@ def _parse_limits(
     return tuple(sorted(set(checked), key=lambda p: p[1]))
 
 
-def _check_key(key: str) -> str:
-    if not isinstance(key, str) or not key or len(key) > 200:
-        raise ValueError("a rate-limiter key is a short non-empty string")
-    if any(c.isspace() or c in "{}" for c in key):
-        raise ValueError("a rate-limiter key has no whitespace or braces")
-    if key.startswith(("ak_", "sk_")):
-        raise ValueError("a rate-limiter key must be a hash of the API key, never the key itself")
-    return key
-
-
-@contextlib.contextmanager
-def _unavailable(what: str) -> Iterator[None]:
-    try:
-        yield
-    except (RedisError, OSError, asyncio.TimeoutError) as exc:
-        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
-        raise StoreUnavailableError(
-            f"redis rate limiter: {what} failed ({type(exc).__name__}"
-            f"{': ' if detail else ''}{detail})"
-        ) from exc
-
-
-async def _close_quietly(resource: Any) -> None:
-    close = getattr(resource, "aclose", None) or resource.close
-    with contextlib.suppress(Exception):
-        await close()
+def _unavailable(what: str) -> contextlib.AbstractContextManager[None]:
+    return unavailable("redis rate limiter", what)
 
 
 class _LoopClient:
     """The client and registered scripts of one event loop."""
 
-    def __init__(self, client: Any, owned: bool) -> None:
+    def __init__(self, client: Any, owns_client: bool, owns_pool: bool) -> None:
         self.client = client
-        self.owned = owned
+        self.owns_client = owns_client
+        self.owns_pool = owns_pool
         self.acquire = client.register_script(_ACQUIRE)
         self.release = client.register_script(_RELEASE)
         self.pause = client.register_script(_PAUSE)
 
     def abandon(self) -> None:
         """Release the sockets a closed loop left behind (no await possible)."""
-        if not self.owned:
+        if not self.owns_client:
             return
-        pool: Any = getattr(self.client, "connection_pool", None)
-        for connection in [
-            *getattr(pool, "_available_connections", ()),
-            *getattr(pool, "_in_use_connections", ()),
-        ]:
-            release_transport(getattr(getattr(connection, "_writer", None), "transport", None))
-            connection._writer = connection._reader = None
+        connections = pool_connections(self.client)
+        drop_connections(connections, [writer_transport(c) for c in connections])
 
     async def close(self) -> None:
-        if self.owned:
-            await _close_quietly(self.client)
-            with contextlib.suppress(Exception):
-                pool = getattr(self.client, "connection_pool", None)
-                if pool is not None:
-                    await pool.disconnect()
+        if not self.owns_client:
+            return
+        # A client_factory's pool is its maker's (it may serve other clients): like the
+        # token store, only a pool made from our URL is disconnected.
+        await (close_client if self.owns_pool else close_quietly)(self.client)
 
 
 class RedisRateLimiter:
@@ -265,11 +244,12 @@ class RedisRateLimiter:
 
     Give exactly one of ``url`` (extra keyword arguments go to
     :meth:`redis.asyncio.Redis.from_url`), ``client_factory`` (a callable returning a new client,
-    called once per event loop; the limiter closes what it returns) or ``client`` (a
-    ``redis.asyncio.Redis`` or ``RedisCluster`` you made (``decode_responses`` off, the default),
-    e.g. from Sentinel: it is bound to the event loop that first uses it and to its process, and
-    never closed by the limiter). Limits: ``per_second``, ``per_minute``, ``per_hour``, ``per_day``
-    and/or ``limits=[(count, seconds), ...]``; every one applies.
+    called once per event loop and process; the limiter closes the client it returns, never its
+    pool, which may be yours) or ``client`` (a ``redis.asyncio.Redis`` or ``RedisCluster`` you
+    made (``decode_responses`` off, the default), e.g. from Sentinel: it is bound to the event
+    loop that first uses it and to its process, and never closed by the limiter). Limits:
+    ``per_second``, ``per_minute``, ``per_hour``, ``per_day`` and/or ``limits=[(count,
+    seconds), ...]``; every one applies.
 
     The window runs on Redis's clock and a slot is held from the moment it is taken (right
     before the send, token in hand) until one window after the answer came back, so the
@@ -311,10 +291,9 @@ class RedisRateLimiter:
             )
         if url is None and redis_kwargs:
             raise ConfigurationError("redis keyword arguments go with a url")
-        if not prefix or any(c.isspace() or c in "{}" for c in prefix):
-            raise ConfigurationError("prefix must be non-empty, without whitespace or braces")
-        if not max_flight > 0 or not max_pause > 0 or not socket_timeout > 0:
-            raise ConfigurationError("max_flight, max_pause and socket_timeout must be positive")
+        max_flight = seconds("max_flight", max_flight)
+        max_pause = seconds("max_pause", max_pause, allow_infinite=True)
+        socket_timeout = seconds("socket_timeout", socket_timeout)
         if fallback not in ("local", "raise"):
             raise ConfigurationError('fallback is "local" or "raise"')
         self._limits = _parse_limits(
@@ -327,26 +306,19 @@ class RedisRateLimiter:
             },
         )
         if url is not None:
-            try:
-                aioredis.connection.parse_url(url)
-            except (ValueError, TypeError):
-                raise ConfigurationError(
-                    "not a Redis URL; expected redis://, rediss:// or unix://"
-                ) from None
+            check_url(url)
         self._url = url
         self._factory = client_factory
         self._user_client = client
         self._bound: tuple[int, weakref.ref[asyncio.AbstractEventLoop]] | None = None
-        self._redis_kwargs: dict[str, Any] = {
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": socket_timeout,
-            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            "max_connections": DEFAULT_MAX_CONNECTIONS,
-            "timeout": max(2.0, 2 * socket_timeout),
-            **redis_kwargs,
-            "decode_responses": False,
-        }
-        self._prefix = prefix
+        self._redis_kwargs = connection_options(
+            socket_timeout=socket_timeout,
+            connect_timeout=socket_timeout,
+            pool_timeout=max(2.0, 2 * socket_timeout),
+            max_connections=DEFAULT_MAX_CONNECTIONS,
+            extra=redis_kwargs,
+        )
+        self._prefix = check_prefix(prefix)
         self._max_flight = float(max_flight)
         self._max_pause = float(max_pause)
         self._fallback = fallback
@@ -386,7 +358,7 @@ class RedisRateLimiter:
 
     def keys(self, key: str) -> tuple[str, str, str]:
         """The Redis keys of ``key``: slots in flight, released slots, cool-down."""
-        base = f"{self._prefix}:{{{_check_key(key)}}}:rl"
+        base = f"{self._prefix}:{{{check_key(key, 'rate-limiter')}}}:rl"
         return f"{base}:flight", f"{base}:done", f"{base}:pause"
 
     # --- RateLimiter -------------------------------------------------------------------------
@@ -554,42 +526,12 @@ class RedisRateLimiter:
 
     def _create_state(self) -> _LoopClient:
         if self._user_client is not None:
-            _bind(self, asyncio.get_running_loop(), "RedisRateLimiter")
-            return _LoopClient(self._user_client, owned=False)
-        try:
-            if self._factory is not None:
-                client = self._factory()
-            else:
-                assert self._url is not None
-                pool = aioredis.BlockingConnectionPool.from_url(self._url, **self._redis_kwargs)
-                client = aioredis.Redis(connection_pool=pool)
-        except (RedisError, OSError, ValueError) as exc:
-            raise StoreUnavailableError(
-                f"redis rate limiter: cannot create a client ({type(exc).__name__})"
-            ) from exc
-        return _LoopClient(client, owned=True)
+            bind(self, asyncio.get_running_loop(), "RedisRateLimiter")
+            return _LoopClient(self._user_client, owns_client=False, owns_pool=False)
+        client = new_client("redis rate limiter", self._url, self._factory, self._redis_kwargs)
+        return _LoopClient(client, owns_client=True, owns_pool=self._factory is None)
 
     def _after_fork(self) -> None:
         # The parent's outage is not the child's: try Redis at once.
         self._down_until = float("-inf")
         self._down = False
-
-
-def _bind(owner: Any, loop: asyncio.AbstractEventLoop, what: str) -> None:
-    """Bind ``owner``'s user-made client to ``loop`` and this process on first use; refuse
-    any other (its connections belong to them)."""
-    bound = owner._bound
-    if bound is None:
-        owner._bound = (os.getpid(), weakref.ref(loop))
-        return
-    pid, loop_ref = bound
-    if pid != os.getpid():
-        raise ConfigurationError(
-            f"{what}: the Redis client you passed was used in the parent process and cannot "
-            "be used after fork; pass client_factory= (called in each process and event loop)"
-        )
-    if loop_ref() is not loop:
-        raise ConfigurationError(
-            f"{what}: the Redis client you passed is bound to the event loop that first used "
-            "it; pass client_factory= to use it from several event loops"
-        )

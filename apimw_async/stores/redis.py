@@ -31,16 +31,11 @@ import contextlib
 import logging
 import secrets
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol, runtime_checkable
-from urllib.parse import urlsplit
 
 try:
     import redis.asyncio as aioredis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import RedisError
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "apimw_async.stores.redis needs redis-py: pip install 'apimw-async[redis]'"
@@ -49,9 +44,27 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from .._clock import SYSTEM_CLOCK, Clock
 from .._config import LOGGER_NAME, REFRESH_TOKEN_LIFETIME, seconds
 from .._errors import ConfigurationError, StoreUnavailableError
-from .._loops import PerLoop, abandon_task, release_transport
+from .._loops import PerLoop, abandon_task
 from . import StoredToken
-from ._redis_limiter import LimiterStats, RedisRateLimiter, _bind
+from ._redis_base import (
+    REDIS_ERRORS,
+    as_text,
+    bind,
+    check_key,
+    check_prefix,
+    check_url,
+    close_client,
+    close_quietly,
+    connection_options,
+    describe_url,
+    drop_connections,
+    new_client,
+    pool_connections,
+    unavailable,
+    writer_transport,
+)
+from ._redis_base import ms as _ms
+from ._redis_limiter import LimiterStats, RedisRateLimiter
 
 __all__ = ["Cipher", "LimiterStats", "RedisRateLimiter", "RedisTokenStore"]
 
@@ -148,17 +161,9 @@ class Cipher(Protocol):
 ClientFactory = Callable[[], "aioredis.Redis"]
 
 
-@contextlib.contextmanager
-def _unavailable(what: str) -> Iterator[None]:
+def _unavailable(what: str) -> contextlib.AbstractContextManager[None]:
     """Turn any Redis or socket failure into :class:`StoreUnavailableError`."""
-    try:
-        yield
-    except (RedisError, OSError, asyncio.TimeoutError) as exc:
-        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
-        raise StoreUnavailableError(
-            f"redis token store: {what} failed ({type(exc).__name__}{': ' if detail else ''}"
-            f"{detail})"
-        ) from exc
+    return unavailable("redis token store", what)
 
 
 def _make_cipher(encryption_key: str | bytes | Sequence[str | bytes]) -> Cipher:
@@ -180,39 +185,8 @@ def _make_cipher(encryption_key: str | bytes | Sequence[str | bytes]) -> Cipher:
     return fernets[0] if len(fernets) == 1 else MultiFernet(fernets)
 
 
-def _describe_server(url: str) -> str:
-    """``host:port/db`` (or the socket path) of a Redis URL, without credentials."""
-    try:
-        parts = urlsplit(url)
-        if parts.scheme == "unix":
-            return f"unix:{parts.path}"
-        host = parts.hostname or "localhost"
-        if ":" in host:
-            host = f"[{host}]"
-        port = parts.port or 6379
-    except ValueError:
-        return "<unparsable url>"
-    db = parts.path.lstrip("/") or "0"
-    return f"{parts.scheme}://{host}:{port}/{db}"
-
-
 def _as_bytes(value: Any) -> bytes:
     return value.encode() if isinstance(value, str) else bytes(value)
-
-
-def _as_text(value: Any) -> str:
-    return value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
-
-
-async def _close_quietly(resource: Any) -> None:
-    # ``aclose`` since redis-py 5.0.1, ``close`` before; a close must never raise here.
-    close = getattr(resource, "aclose", None) or resource.close
-    with contextlib.suppress(Exception):
-        await close()
-
-
-def _ms(seconds: float) -> int:
-    return max(1, int(seconds * 1000))
 
 
 class _Listener:
@@ -281,14 +255,14 @@ class _Listener:
                     if not self._events and self._loop.time() - self._idle_since > LISTENER_IDLE:
                         return
                     continue
-                kind = _as_text(message.get("type"))
+                kind = as_text(message.get("type"))
                 if kind == "psubscribe":
                     self._subscribed.set()
                 elif kind == "pmessage":
                     self.messages += 1
-                    channel = _as_text(message.get("channel"))
+                    channel = as_text(message.get("channel"))
                     self._wake(channel[self._head : -self._tail])
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             self._retry_at = self._loop.time() + LISTENER_RETRY
             log.debug("redis update listener stopped (%s); waiters poll", type(exc).__name__)
         except Exception:
@@ -300,7 +274,7 @@ class _Listener:
             if self._task is asyncio.current_task():
                 self._task = None
             self._wake(None)  # waiters re-read now and poll until a listener runs again
-            await _close_quietly(pubsub)
+            await close_quietly(pubsub)
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
@@ -335,34 +309,25 @@ class _LoopState:
         """Release what a closed loop left behind (no await possible): the listener's task,
         the probes in flight and the connections' sockets."""
         # A client you made is yours (and a RedisCluster has no single pool): only ours here.
-        pool: Any = getattr(self.client, "connection_pool", None) if self.owns_client else None
-        connections: list[Any] = [
-            *getattr(pool, "_available_connections", ()),
-            *getattr(pool, "_in_use_connections", ()),
-        ]
+        connections = pool_connections(self.client) if self.owns_client else []
         tasks: list[asyncio.Task[Any] | None] = list(self.probes.values())
         if self.listener is not None:
             tasks.append(self.listener._task)
             connections.append(getattr(self.listener._pubsub, "connection", None))
         # The transports first: closing a task's coroutine runs redis-py clean-up code that
         # forgets a connection's writer without being able to close it.
-        transports = [getattr(getattr(c, "_writer", None), "transport", None) for c in connections]
+        transports = [writer_transport(c) for c in connections]
         for task in tasks:
             abandon_task(task)
-        for connection, transport in zip(connections, transports, strict=True):
-            release_transport(transport)
-            if connection is not None:
-                connection._writer = connection._reader = None
+        drop_connections(connections, transports)
 
     async def close(self) -> None:
         if self.listener is not None:
             await self.listener.aclose()
         if not self.owns_client:
             return
-        await _close_quietly(self.client)
-        if self.owns_pool:
-            with contextlib.suppress(Exception):
-                await self.client.connection_pool.disconnect()
+        # A client_factory's pool is its maker's (it may serve other clients).
+        await (close_client if self.owns_pool else close_quietly)(self.client)
 
 
 class RedisTokenStore:
@@ -420,10 +385,6 @@ class RedisTokenStore:
             )
         if url is None and redis_kwargs:
             raise ConfigurationError("redis keyword arguments go with a url")
-        if not prefix or any(c.isspace() or c in "{}" for c in prefix):
-            raise ConfigurationError(
-                "prefix must be a non-empty string without whitespace or braces"
-            )
         lease_ttl = seconds("lease_ttl", lease_ttl)
         poll_interval = seconds("poll_interval", poll_interval)
         socket_timeout = seconds("socket_timeout", socket_timeout)
@@ -436,32 +397,21 @@ class RedisTokenStore:
         if cipher is not None and not isinstance(cipher, Cipher):
             raise ConfigurationError("cipher needs encrypt(bytes) and decrypt(bytes) methods")
         if url is not None:
-            try:
-                aioredis.connection.parse_url(url)
-            except (ValueError, TypeError) as exc:
-                raise ConfigurationError(
-                    f"not a Redis URL ({type(exc).__name__}); expected redis://, rediss:// or "
-                    "unix://"
-                ) from None
-            self._server = _describe_server(url)
+            self._server = describe_url(check_url(url))
         else:
             self._server = "<client_factory>" if client is None else "<client>"
         self._url = url
         self._factory = client_factory
         self._user_client = client
         self._bound: tuple[int, weakref.ref[asyncio.AbstractEventLoop]] | None = None
-        self._redis_kwargs: dict[str, Any] = {
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": socket_connect_timeout,
-            # One immediate retry on a new connection (a pooled connection that died with a
-            # restarted server), none on timeouts: an outage must surface fast.
-            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            "max_connections": DEFAULT_MAX_CONNECTIONS,
-            "timeout": max(2.0, 2 * socket_timeout),  # waiting for a free pool connection
-            **redis_kwargs,
-            "decode_responses": False,
-        }
-        self._prefix = prefix
+        self._redis_kwargs = connection_options(
+            socket_timeout=socket_timeout,
+            connect_timeout=socket_connect_timeout,
+            pool_timeout=max(2.0, 2 * socket_timeout),
+            max_connections=DEFAULT_MAX_CONNECTIONS,
+            extra=redis_kwargs,
+        )
+        self._prefix = check_prefix(prefix)
         self._lease_ttl = float(lease_ttl)
         self._cipher = cipher
         self._notifications = notifications
@@ -714,15 +664,6 @@ class RedisTokenStore:
             end = token.expires_at
         return max(end - self._clock.time(), 0.0) + KEY_TTL_GRACE
 
-    def _new_client(self) -> aioredis.Redis:
-        if self._factory is not None:
-            return self._factory()
-        assert self._url is not None
-        # A blocking pool: a burst of commands queues for a connection (briefly) instead of
-        # failing with "Too many connections", which would read as an outage.
-        pool = aioredis.BlockingConnectionPool.from_url(self._url, **self._redis_kwargs)
-        return aioredis.Redis(connection_pool=pool)
-
     def _state(self) -> _LoopState:
         if self._closed:
             raise StoreUnavailableError("redis token store: the store was closed")
@@ -730,27 +671,13 @@ class RedisTokenStore:
 
     def _create_state(self) -> _LoopState:
         if self._user_client is not None:
-            _bind(self, asyncio.get_running_loop(), "RedisTokenStore")
+            bind(self, asyncio.get_running_loop(), "RedisTokenStore")
             return _LoopState(
                 self._user_client, self._prefix, self._notifications, False, owns_client=False
             )
-        try:
-            client = self._new_client()
-        except (RedisError, OSError, ValueError) as exc:
-            raise StoreUnavailableError(
-                f"redis token store: cannot create a client ({type(exc).__name__})"
-            ) from exc
+        client = new_client("redis token store", self._url, self._factory, self._redis_kwargs)
         return _LoopState(client, self._prefix, self._notifications, self._factory is None)
 
 
 def _check_key(key: str) -> str:
-    if (
-        not isinstance(key, str)
-        or not key
-        or len(key) > 200
-        or any(c.isspace() or c in "{}" for c in key)
-    ):
-        raise ValueError("a store key is a short non-empty string without whitespace or braces")
-    if key.startswith(("ak_", "sk_")):
-        raise ValueError("a store key must be a hash of the API key, never the key itself")
-    return key
+    return check_key(key, "store")

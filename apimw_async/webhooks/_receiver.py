@@ -512,12 +512,19 @@ class WebhookReceiver:
             log.debug("duplicate webhook delivery suppressed: %r %r", event.type, event.id)
         return _OK
 
-    async def _background(self, event: WebhookEvent, key: tuple[str, str] | None) -> WebhookReply:
+    async def _handler_slot(self, key: tuple[str, str] | None) -> bool:
+        """A handler slot within the answer deadline; without one the delivery counts as
+        overloaded and its dedup claim is released (the caller answers 503)."""
         try:
             await asyncio.wait_for(self._slots.acquire(), self._answer_timeout)
         except asyncio.TimeoutError:
             self.stats.overloaded += 1
             await self._settle(key, handled=False)
+            return False
+        return True
+
+    async def _background(self, event: WebhookEvent, key: tuple[str, str] | None) -> WebhookReply:
+        if not await self._handler_slot(key):
             log.warning(
                 "webhook handlers saturated (%d running for %.1f s): answered 503 so APIMW "
                 "redelivers %r %r in about a minute; raise max_concurrency or use a queue",
@@ -533,11 +540,7 @@ class WebhookReceiver:
     async def _handoff(self, event: WebhookEvent, key: tuple[str, str] | None) -> WebhookReply:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._answer_timeout
-        try:
-            await asyncio.wait_for(self._slots.acquire(), self._answer_timeout)
-        except asyncio.TimeoutError:
-            self.stats.overloaded += 1
-            await self._settle(key, handled=False)
+        if not await self._handler_slot(key):
             log.warning(
                 "webhook hand-off saturated (%d running): answered 503 for %r %r",
                 self._max_concurrency,

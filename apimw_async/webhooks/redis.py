@@ -34,25 +34,34 @@ import os
 import random
 import secrets
 import socket
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Sequence
 from typing import Any, Final
 
 import attrs
 
 try:
-    import redis.asyncio as aioredis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import NoScriptError, RedisError, ResponseError
+    from redis.exceptions import NoScriptError, ResponseError
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "apimw_async.webhooks.redis needs redis-py: pip install 'apimw-async[redis]'"
     ) from exc
 
-from .._config import LOGGER_NAME
+from .._config import LOGGER_NAME, seconds
 from .._errors import ConfigurationError, StoreUnavailableError
 from .._loops import PerLoop
+from ..stores._redis_base import (
+    REDIS_ERRORS,
+    as_text,
+    bind,
+    check_url,
+    close_client,
+    connection_options,
+    describe_url,
+    new_client,
+    unavailable,
+)
+from ..stores._redis_base import ms as _ms
 from ._events import WebhookEvent, WebhookPayloadError, parse_event
 from ._receiver import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_CONCURRENCY, DedupState, WebhookHandler
 
@@ -359,24 +368,10 @@ _S_FORGET: Final = _Script(_FORGET)
 _S_DEDUP_CLAIM: Final = _Script(_DEDUP_CLAIM)
 _S_DEDUP_RELEASE: Final = _Script(_DEDUP_RELEASE)
 
-_REDIS_ERRORS: Final = (RedisError, OSError, asyncio.TimeoutError)
 
-
-@contextlib.contextmanager
-def _unavailable(what: str) -> Iterator[None]:
+def _unavailable(what: str) -> contextlib.AbstractContextManager[None]:
     """Turn any Redis or socket failure into :class:`StoreUnavailableError`."""
-    try:
-        yield
-    except _REDIS_ERRORS as exc:
-        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
-        raise StoreUnavailableError(
-            f"redis webhook queue: {what} failed ({type(exc).__name__}"
-            f"{': ' if detail else ''}{detail})"
-        ) from exc
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
+    return unavailable("redis webhook queue", what)
 
 
 def _raw(value: Any) -> bytes:
@@ -385,13 +380,9 @@ def _raw(value: Any) -> bytes:
 
 def _fields(flat: Any) -> dict[str, Any]:
     if isinstance(flat, dict):
-        return {_text(k): v for k, v in flat.items()}
+        return {as_text(k): v for k, v in flat.items()}
     items = list(flat)
-    return {_text(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
-
-
-def _ms(seconds: float) -> int:
-    return max(1, int(seconds * 1000))
+    return {as_text(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
 
 
 def _check_name(value: object, what: str) -> str:
@@ -407,88 +398,80 @@ def _check_name(value: object, what: str) -> str:
     return value
 
 
-def _positive(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigurationError(f"{what} must be a positive number")
-    return float(value)
-
-
 def _positive_int(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(f"{what} must be a positive integer")
     return value
 
 
-class _Connections:
-    """The Redis client: the user's own, or one made from a URL per event loop (redis-py
-    clients are bound to the loop that made their connections; see :class:`PerLoop`)."""
+def _check_source(owner: str, client: Any, url: object, redis_kwargs: dict[str, Any]) -> None:
+    """Exactly one of a client you made and a URL; redis keyword arguments only with a URL."""
+    if (client is None) == (url is None):
+        raise ConfigurationError(f"{owner} needs a client or a url (from_url)")
+    if client is not None and redis_kwargs:
+        raise ConfigurationError("redis keyword arguments go with a url, not a client")
+    if client is not None and not callable(getattr(client, "evalsha", None)):
+        raise ConfigurationError("client must be a redis.asyncio Redis or RedisCluster")
 
-    def __init__(self, client: Any, url: str | None, kwargs: dict[str, Any]) -> None:
+
+class _Connections:
+    """The Redis client of each event loop (redis-py clients are bound to the loop that made
+    their connections; see :class:`PerLoop`): one made from the URL for each loop and closed
+    with it, or the user's own, bound to the loop and process that first use it (as for the
+    token store and the rate limiter, see :func:`bind`) and never closed for them."""
+
+    def __init__(
+        self,
+        owner: str,
+        client: Any,
+        url: str | None,
+        socket_timeout: float,
+        redis_kwargs: dict[str, Any],
+    ) -> None:
+        self._owner = owner
         self._client = client
+        self._bound: tuple[int, weakref.ref[asyncio.AbstractEventLoop]] | None = None
         self._url = url
-        self._kwargs = kwargs
-        self._clients: PerLoop[Any] = PerLoop(self._create, close=_close_client)
+        #: The server, for a repr: ``<client>`` or the URL without credentials.
+        self.server = "<client>" if url is None else describe_url(check_url(url))
+        self._kwargs = connection_options(
+            socket_timeout=socket_timeout,
+            connect_timeout=DEFAULT_CONNECT_TIMEOUT,
+            pool_timeout=max(2.0, socket_timeout),
+            max_connections=DEFAULT_MAX_CONNECTIONS,
+            extra=redis_kwargs,
+        )
+        self._clients: PerLoop[Any] = PerLoop(self._create, close=self._close)
+
+    @property
+    def user_made(self) -> bool:
+        """Whether the client is the user's (``client=``) rather than made from a URL."""
+        return self._client is not None
 
     def _create(self) -> Any:
-        assert self._url is not None
-        try:
-            # A blocking pool: a burst of intake requests queues for a connection briefly
-            # instead of failing with "Too many connections", which would read as an outage.
-            pool = aioredis.BlockingConnectionPool.from_url(self._url, **self._kwargs)
-        except (ValueError, TypeError) as exc:
-            raise StoreUnavailableError(
-                f"redis webhook queue: cannot create a client ({type(exc).__name__})"
-            ) from exc
-        return aioredis.Redis(connection_pool=pool)
+        if self._client is not None:
+            bind(
+                self,
+                asyncio.get_running_loop(),
+                self._owner,
+                f"use {self._owner}.from_url() (a client per event loop and process) or make "
+                "one in each process and event loop that uses it",
+            )
+            return self._client
+        return new_client("redis webhook queue", self._url, None, self._kwargs)
+
+    async def _close(self, client: Any) -> None:
+        if self._client is None:  # a user's client is the user's to close
+            await close_client(client)
 
     def get(self) -> Any:
-        if self._client is not None:
-            return self._client
+        """The running loop's client; :class:`ConfigurationError` for a client you passed
+        that another loop or the parent process used first."""
         return self._clients.get()
 
     async def aclose(self) -> None:
-        """Close the running loop's own client (a user's client is the user's to close)."""
-        if self._client is None:
-            await self._clients.aclose()
-
-
-async def _close_client(client: Any) -> None:
-    await _close_quietly(client)
-    # A client made on a pool does not close that pool's connections.
-    with contextlib.suppress(Exception):
-        await client.connection_pool.disconnect()
-
-
-async def _close_quietly(client: Any) -> None:
-    close = getattr(client, "aclose", None) or client.close
-    with contextlib.suppress(Exception):
-        await close()
-
-
-def _redis_kwargs(socket_timeout: float, redis_kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "socket_timeout": socket_timeout,
-        "socket_connect_timeout": DEFAULT_CONNECT_TIMEOUT,
-        # One immediate retry on a new connection (a pooled one that died with a restarted
-        # server), none on timeouts: an outage must surface fast.
-        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        "max_connections": DEFAULT_MAX_CONNECTIONS,
-        "timeout": max(2.0, socket_timeout),  # waiting for a free pool connection
-        **redis_kwargs,
-        "decode_responses": False,
-    }
-
-
-def _check_url(url: object) -> str:
-    if not isinstance(url, str):
-        raise ConfigurationError("url must be a Redis URL string")
-    try:
-        aioredis.connection.parse_url(url)
-    except (ValueError, TypeError) as exc:
-        raise ConfigurationError(
-            f"not a Redis URL ({type(exc).__name__}); expected redis://, rediss:// or unix://"
-        ) from None
-    return url
+        """Close the running loop's own client (a user's client stays open)."""
+        await self._clients.aclose()
 
 
 def _seen_key(base: str, key: tuple[str, str]) -> str:
@@ -510,9 +493,11 @@ class RedisWebhookQueue:
     """Durable webhook intake: a Redis Stream written before the 200, consumed by a group.
 
     Pass it as ``WebhookReceiver(secret, on_event, queue=queue)``. Make it with
-    :meth:`from_url` (a client per event loop, made and closed by the queue) or with a
-    ``redis.asyncio.Redis`` / ``RedisCluster`` client you made (``decode_responses=False``;
-    its ``socket_timeout``, if any, must exceed ``block``; you close it).
+    :meth:`from_url` (a client per event loop and process, made and closed by the queue) or
+    with a ``redis.asyncio.Redis`` / ``RedisCluster`` client you made (``decode_responses=False``;
+    its ``socket_timeout``, if any, must exceed ``block``; you close it): it is bound to the
+    event loop and the process that first use it, and using the queue from another one raises
+    :class:`~apimw_async.ConfigurationError`.
 
     Intake (:meth:`put`) stores the exact body atomically with a ``(type, id)`` mark kept
     ``dedup_ttl`` seconds (``0``: no de-duplication), so a redelivery to any process is
@@ -551,31 +536,25 @@ class RedisWebhookQueue:
         socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
         **redis_kwargs: Any,
     ) -> None:
-        if (client is None) == (url is None):
-            raise ConfigurationError("RedisWebhookQueue needs a client or a url (from_url)")
-        if client is not None and redis_kwargs:
-            raise ConfigurationError("redis keyword arguments go with a url, not a client")
-        if client is not None and not callable(getattr(client, "evalsha", None)):
-            raise ConfigurationError("client must be a redis.asyncio Redis or RedisCluster")
+        _check_source("RedisWebhookQueue", client, url, redis_kwargs)
         self._name = _check_name(name, "name")
         self._prefix = _check_name(prefix, "prefix")
         self._group = _check_name(group, "group")
         self._consumer_name = None if consumer is None else _check_name(consumer, "consumer")
-        self._claim_idle = _positive(claim_idle, "claim_idle")
+        self._claim_idle = seconds("claim_idle", claim_idle)
         self._max_attempts = _positive_int(max_attempts, "max_attempts")
-        self._retry_backoff = _positive(retry_backoff, "retry_backoff")
-        self._max_backoff = _positive(max_backoff, "max_backoff")
+        self._retry_backoff = seconds("retry_backoff", retry_backoff)
+        self._max_backoff = seconds("max_backoff", max_backoff)
         self._max_length = _positive_int(max_length, "max_length")
         self._dead_max_length = _positive_int(dead_max_length, "dead_max_length")
-        if isinstance(dedup_ttl, bool) or not isinstance(dedup_ttl, (int, float)) or dedup_ttl < 0:
-            raise ConfigurationError("dedup_ttl must be a number of seconds >= 0")
-        self._dedup_ttl = float(dedup_ttl)
-        self._block = _positive(block, "block")
-        socket_timeout = _positive(socket_timeout, "socket_timeout")
+        self._dedup_ttl = seconds("dedup_ttl", dedup_ttl, allow_zero=True)
+        self._block = seconds("block", block)
+        socket_timeout = seconds("socket_timeout", socket_timeout)
         if url is not None and socket_timeout <= self._block:
             raise ConfigurationError("socket_timeout must exceed block")
-        self._server = "<client>" if url is None else _describe(_check_url(url))
-        self._connections = _Connections(client, url, _redis_kwargs(socket_timeout, redis_kwargs))
+        self._connections = _Connections(
+            "RedisWebhookQueue", client, url, socket_timeout, redis_kwargs
+        )
         base = f"{self._prefix}:{{{self._name}}}"
         self._base = base
         self.stream_key: Final = f"{base}:stream"
@@ -696,6 +675,10 @@ class RedisWebhookQueue:
             raise ConfigurationError("this queue's consumers already run")
         if not callable(handler):
             raise ConfigurationError("handler must be an async callable taking the event")
+        if self._connections.user_made:
+            # Refused here, not in the consumer tasks: a client you passed that another loop
+            # or the parent process used first is a mistake to report, not an outage to wait.
+            self._connections.get()
         self._handler = handler
         self._free = _positive_int(concurrency, "concurrency")
         self._consumer = self._consumer_name or (
@@ -768,16 +751,16 @@ class RedisWebhookQueue:
         letters = []
         for entry_id, flat in entries:
             fields = _fields(flat)
-            event_id = _text(fields.get("i", b""))
+            event_id = as_text(fields.get("i", b""))
             letters.append(
                 DeadLetter(
-                    id=_text(entry_id),
-                    event_type=_text(fields.get("t", b"")),
+                    id=as_text(entry_id),
+                    event_type=as_text(fields.get("t", b"")),
                     event_id=event_id or None,
-                    attempts=int(_text(fields.get("attempts", b"0")) or 0),
-                    error=_text(fields.get("error", b"")),
-                    failed_at=float(_text(fields.get("failed_at", b"0")) or 0),
-                    source_id=_text(fields.get("source", b"")),
+                    attempts=int(as_text(fields.get("attempts", b"0")) or 0),
+                    error=as_text(fields.get("error", b"")),
+                    failed_at=float(as_text(fields.get("failed_at", b"0")) or 0),
+                    source_id=as_text(fields.get("source", b"")),
                     body=_raw(fields.get("b", b"")),
                 )
             )
@@ -790,7 +773,7 @@ class RedisWebhookQueue:
         if ids is None:
             with _unavailable("list dead letters"):
                 entries = await client.xrange(self.dead_key, "-", "+")
-            ids = [_text(entry_id) for entry_id, _ in entries]
+            ids = [as_text(entry_id) for entry_id, _ in entries]
         elif isinstance(ids, str):
             raise ConfigurationError("ids must be a list of dead-letter ids")
         replayed = 0
@@ -845,7 +828,7 @@ class RedisWebhookQueue:
 
     def __repr__(self) -> str:
         return (
-            f"RedisWebhookQueue(server={self._server!r}, stream={self.stream_key!r}, "
+            f"RedisWebhookQueue(server={self._connections.server!r}, stream={self.stream_key!r}, "
             f"group={self._group!r}, claim_idle={self._claim_idle:g}, "
             f"max_attempts={self._max_attempts}, running={self.running})"
         )
@@ -918,7 +901,7 @@ class RedisWebhookQueue:
                 pause = self._consumer_error("read", exc, pause)
                 await self._pause(pause)
                 continue
-            except (*_REDIS_ERRORS, StoreUnavailableError) as exc:
+            except (*REDIS_ERRORS, StoreUnavailableError) as exc:
                 pause = self._consumer_error("read", exc, pause)
                 await self._pause(pause)
                 continue
@@ -947,7 +930,7 @@ class RedisWebhookQueue:
                     next_forget = loop.time() + forget_every
                     await self._forget_consumer(stale=max(STALE_CONSUMER_IDLE, forget_every))
                 pause = _ERROR_PAUSE_MIN
-            except (*_REDIS_ERRORS, StoreUnavailableError) as exc:
+            except (*REDIS_ERRORS, StoreUnavailableError) as exc:
                 pause = self._consumer_error("claim", exc, pause)
 
     async def _touch(self, client: Any) -> None:
@@ -969,7 +952,7 @@ class RedisWebhookQueue:
                 break
             self.stats.claimed += 1
             self._begin(entry_id, flat, int(count))
-        return _text(next_cursor)
+        return as_text(next_cursor)
 
     async def _forget_consumer(self, stale: float, *, itself: bool = False) -> None:
         client = self._connections.get()
@@ -978,7 +961,7 @@ class RedisWebhookQueue:
         await _S_FORGET(client, [self.stream_key], args)
 
     def _begin(self, entry_id: Any, flat: Any, attempts: int) -> None:
-        entry = _text(entry_id)
+        entry = as_text(entry_id)
         if entry in self._held:  # a claim of an entry this consumer already works on
             return
         self._take_slot()
@@ -1035,8 +1018,8 @@ class RedisWebhookQueue:
                         self.stats.dead_lettered += 1
                         log.error(
                             "webhook event %r %r failed %d time(s) (%s): moved to %s",
-                            _text(fields.get("t", b"")),
-                            _text(fields.get("i", b"")),
+                            as_text(fields.get("t", b"")),
+                            as_text(fields.get("i", b"")),
                             attempts,
                             error,
                             self.dead_key,
@@ -1097,7 +1080,7 @@ class RedisWebhookQueue:
         consumer takes it after ``claim_idle``) and ``None`` is returned."""
         try:
             return await script(self._connections.get(), keys, args)
-        except (*_REDIS_ERRORS, StoreUnavailableError) as exc:
+        except (*REDIS_ERRORS, StoreUnavailableError) as exc:
             self._consumer_error("acknowledge", exc, _ERROR_PAUSE_MIN)
             return None
 
@@ -1110,7 +1093,8 @@ class RedisWebhookDedup:
     expires after the answer deadline (plus a grace), is made permanent (``ttl`` seconds) when
     the handler succeeded and deleted when it failed, so a failed event is never suppressed.
     Keys: ``{prefix}:{<name>}:seen:<h>``, the same as the queue's. Made like the queue:
-    :meth:`from_url` or a client you made.
+    :meth:`from_url` or a client you made (bound to the event loop and process that first use
+    it).
     """
 
     def __init__(
@@ -1124,17 +1108,15 @@ class RedisWebhookDedup:
         socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
         **redis_kwargs: Any,
     ) -> None:
-        if (client is None) == (url is None):
-            raise ConfigurationError("RedisWebhookDedup needs a client or a url (from_url)")
-        if client is not None and redis_kwargs:
-            raise ConfigurationError("redis keyword arguments go with a url, not a client")
+        _check_source("RedisWebhookDedup", client, url, redis_kwargs)
         self._name = _check_name(name, "name")
         self._prefix = _check_name(prefix, "prefix")
-        self._ttl = _positive(ttl, "ttl")
+        self._ttl = seconds("ttl", ttl)
         self._base = f"{self._prefix}:{{{self._name}}}"
-        self._server = "<client>" if url is None else _describe(_check_url(url))
-        kwargs = _redis_kwargs(_positive(socket_timeout, "socket_timeout"), redis_kwargs)
-        self._connections = _Connections(client, url, kwargs)
+        socket_timeout = seconds("socket_timeout", socket_timeout)
+        self._connections = _Connections(
+            "RedisWebhookDedup", client, url, socket_timeout, redis_kwargs
+        )
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisWebhookDedup:
@@ -1151,7 +1133,7 @@ class RedisWebhookDedup:
             state = await _S_DEDUP_CLAIM(
                 self._connections.get(), [_seen_key(self._base, key)], [value, _ms(ttl)]
             )
-        text = _text(state)
+        text = as_text(state)
         return "new" if text == "new" else "busy" if text == "busy" else "done"
 
     async def confirm(self, key: tuple[str, str]) -> None:
@@ -1167,7 +1149,10 @@ class RedisWebhookDedup:
         await self._connections.aclose()
 
     def __repr__(self) -> str:
-        return f"RedisWebhookDedup(server={self._server!r}, name={self._name!r}, ttl={self._ttl:g})"
+        return (
+            f"RedisWebhookDedup(server={self._connections.server!r}, name={self._name!r}, "
+            f"ttl={self._ttl:g})"
+        )
 
 
 def _entries(reply: Any) -> list[tuple[Any, Any]]:
@@ -1186,18 +1171,3 @@ def _entries(reply: Any) -> list[tuple[Any, Any]]:
             if fields is not None:
                 found.append((entry_id, fields))
     return found
-
-
-def _describe(url: str) -> str:
-    """``scheme://host:port/db`` of a Redis URL, without credentials."""
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-        if parts.scheme == "unix":
-            return f"unix:{parts.path}"
-        host = parts.hostname or "localhost"
-        port = parts.port or 6379
-    except ValueError:
-        return "<unparsable url>"
-    return f"{parts.scheme}://{host}:{port}/{parts.path.lstrip('/') or '0'}"
