@@ -9,6 +9,7 @@ Used by the fixtures in ``tests/conftest_redis.py`` (a shared server when
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import socket
 import subprocess
@@ -43,6 +44,23 @@ def _ping(port: int, timeout: float = 0.5) -> bool:
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
+
+
+def _server_pid(port: int, timeout: float = 2.0) -> int | None:
+    """The process id of the redis-server answering on ``port`` (``INFO server``), if any."""
+    data = b""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(b"INFO server\r\n")
+            while not re.search(rb"\r\nprocess_id:\d+\r\n", data):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    match = re.search(rb"\r\nprocess_id:(\d+)\r\n", data)
+    return int(match.group(1)) if match else None
 
 
 def cluster_ports(n: int = 3) -> list[int]:
@@ -92,6 +110,9 @@ class RedisServer:
             raise FileNotFoundError("redis-server is not on PATH")
         self.binary = found
         self.port = port or _free_port()
+        # A port we picked may be taken by someone else before our server binds it: then we
+        # pick another, until the server has run once (clients keep its URL across restarts).
+        self._may_move = port is None
         self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -131,15 +152,22 @@ class RedisServer:
                 stderr=subprocess.DEVNULL,
             )
             while time.monotonic() < deadline:
-                if _ping(self.port):
-                    return
                 if self.process.poll() is not None:
-                    break  # exited (port still held by the previous instance?): try again
+                    break  # exited: the port is taken (by our previous instance, or another)
+                # The answer must come from our process: the free port we picked may have been
+                # taken by another listener (another test's server) in the meantime, and a test
+                # on someone else's server sees foreign keys, commands and restarts.
+                if _ping(self.port) and _server_pid(self.port) == self.process.pid:
+                    self._may_move = False
+                    return
                 time.sleep(0.02)
             if time.monotonic() >= deadline:
                 self.stop()
                 raise RuntimeError(f"redis-server did not start on port {self.port}")
-            time.sleep(0.1)
+            if self._may_move:
+                self.port = _free_port()
+            else:
+                time.sleep(0.1)
 
     def stop(self, *, kill: bool = False) -> None:
         """Stop the server (SIGKILL with ``kill=True``) and wait until it is gone."""
