@@ -320,6 +320,39 @@ async def test_a_client_factory_serves_every_event_loop(redis_target: RedisTarge
     await limiter.aclose()
 
 
+@pytest.mark.parametrize("part", ["limiter", "store"])
+async def test_closing_leaves_the_pool_of_a_client_factory_to_its_owner(
+    redis_url: str, redis_prefix: str, part: str
+) -> None:
+    """A factory over the user's own ConnectionPool: closing the limiter (or the token store)
+    closes the client it got, never the pool, which the user's other code still uses."""
+    import redis.asyncio
+
+    pool = redis.asyncio.ConnectionPool.from_url(redis_url)
+    theirs = redis.asyncio.Redis(connection_pool=pool, single_connection_client=True)
+    try:
+        their_id = await theirs.client_id()  # the user's connection, taken from the pool
+
+        def factory() -> Any:
+            return redis.asyncio.Redis(connection_pool=pool)
+
+        closable: RedisRateLimiter | RedisTokenStore
+        if part == "limiter":
+            closable = RedisRateLimiter(client_factory=factory, per_minute=10, prefix=redis_prefix)
+            assert (await closable.try_acquire(KEY))[0] is not None
+        else:
+            closable = RedisTokenStore(client_factory=factory, prefix=redis_prefix)
+            assert await closable.acquire_lease(KEY) is not None
+        await closable.aclose()
+        # The user's connection was neither cut nor replaced by a new one...
+        assert await theirs.client_id() == their_id
+        # ...and the pool goes on serving the user's other clients.
+        assert await redis.asyncio.Redis(connection_pool=pool).ping()
+    finally:
+        await theirs.aclose()
+        await pool.disconnect()
+
+
 def _child_takes_a_slot(limiter: RedisRateLimiter, conn: Any) -> None:
     async def take() -> str:
         slot, _ = await limiter.try_acquire(KEY)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
+import signal
+import threading
 import uuid
-from collections.abc import AsyncIterator, Callable
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -352,6 +356,131 @@ async def test_user_made_client(redis_url: str, redis_prefix: str) -> None:
     await receiver.aclose()
     assert await client.ping()  # the user's client is the user's to close
     await client.aclose()
+
+
+async def test_a_client_you_pass_is_bound_to_its_event_loop(
+    redis_url: str, redis_prefix: str
+) -> None:
+    client = redis_mod.asyncio.Redis.from_url(redis_url)
+    queue = RedisWebhookQueue(client, prefix=redis_prefix, **QUICK)
+    dedup = RedisWebhookDedup(client, prefix=redis_prefix)
+    event = WebhookEvent(type="message.delivered", id="evt_1")
+    try:
+        assert await queue.put(event, event_body("evt_1"))  # first used here: bound here
+        assert await dedup.claim(("message.read", "evt_1"), hold=None) == "new"
+        errors: list[BaseException] = []
+
+        def other_loop() -> None:
+            async def use() -> None:
+                calls = (
+                    queue.put(event, event_body("evt_1")),
+                    queue.start(Handled()),  # at once, not in a consumer task left to die
+                    dedup.claim(("message.read", "evt_2"), hold=None),
+                )
+                for call in calls:
+                    try:
+                        await call
+                    except ConfigurationError as exc:
+                        errors.append(exc)
+
+            asyncio.run(use())
+
+        thread = threading.Thread(target=other_loop)
+        thread.start()
+        thread.join(30)
+        assert [type(exc) for exc in errors] == [ConfigurationError] * 3
+        for exc, owner in zip(
+            errors, ["RedisWebhookQueue"] * 2 + ["RedisWebhookDedup"], strict=True
+        ):
+            assert str(exc).startswith(f"{owner}: the Redis client you passed is bound to the ")
+            assert f"{owner}.from_url()" in str(exc)
+        assert not queue.running
+        # This loop goes on with it, and closing them leaves it open for its owner.
+        assert not await queue.put(event, event_body("evt_1"))  # a duplicate
+        assert await dedup.claim(("message.read", "evt_1"), hold=None) == "done"
+        await queue.aclose()
+        await dedup.aclose()
+        assert await client.ping()
+    finally:
+        await client.aclose()
+
+
+def _in_forked_child(use: Callable[[], Awaitable[str]]) -> tuple[int, str]:
+    """Run ``use()`` in a child made by ``os.fork()`` (in its own event loop): the child's
+    exit code and the answer it wrote to a pipe."""
+    read_fd, write_fd = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+        pid = os.fork()
+    if pid == 0:  # the child: never back into pytest
+        code = 1
+        try:
+            os.close(read_fd)
+            os.write(write_fd, asyncio.run(use()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    chunks: list[bytes] = []
+    try:
+        while True:
+            ready, _, _ = select.select([read_fd], [], [], 60)
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                raise AssertionError("the forked child did not answer in time")
+            chunk = os.read(read_fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+        _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), b"".join(chunks).decode()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+async def test_a_client_you_pass_is_bound_to_the_process_that_first_used_it(
+    redis_url: str, redis_prefix: str
+) -> None:
+    client = redis_mod.asyncio.Redis.from_url(redis_url)
+    queue = RedisWebhookQueue(client, prefix=redis_prefix, **QUICK)
+    dedup = RedisWebhookDedup(client, prefix=redis_prefix, name="dedup")  # not the queue's keys
+
+    async def use(event_id: str) -> str:
+        answers = []
+        calls: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("queue", lambda: queue.put(WebhookEvent(type="t", id=event_id), b"{}")),
+            ("dedup", lambda: dedup.claim(("t", event_id), hold=None)),
+        ]
+        for name, call in calls:
+            try:
+                answers.append(f"{name}: {await call()}")
+            except ConfigurationError as exc:
+                answers.append(f"{name}: ConfigurationError: {exc}")
+        return "\n".join(answers)
+
+    try:
+        # Made before the fork and never used here (an app preloaded by its server): the
+        # child may adopt it.
+        assert _in_forked_child(lambda: use("child-1")) == (0, "queue: True\ndedup: new")
+        assert await use("parent") == "queue: True\ndedup: new"
+        # Used here: its connections are this process's; a child must not touch them.
+        code, answer = _in_forked_child(lambda: use("child-2"))
+        assert code == 0
+        lines = answer.splitlines()
+        assert [line.split(": ")[:2] for line in lines] == [
+            ["queue", "ConfigurationError"],
+            ["dedup", "ConfigurationError"],
+        ]
+        assert all("used in the parent process" in line for line in lines)
+        assert all("from_url()" in line for line in lines)
+        # The parent's connections still work, and the refused child stored nothing.
+        assert await use("parent-2") == "queue: True\ndedup: new"
+        assert await client.xlen(queue.stream_key) == 3
+        await queue.aclose()
+        await dedup.aclose()
+    finally:
+        await client.aclose()
 
 
 async def test_queue_configuration_errors(redis_url: str) -> None:

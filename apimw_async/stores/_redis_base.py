@@ -189,9 +189,15 @@ def drop_connections(connections: list[Any], transports: list[Any]) -> None:
             connection._writer = connection._reader = None
 
 
-def bind(owner: Any, loop: asyncio.AbstractEventLoop, what: str) -> None:
+def bind(
+    owner: Any,
+    loop: asyncio.AbstractEventLoop,
+    what: str,
+    remedy: str = "pass client_factory= (called in each event loop and process)",
+) -> None:
     """Bind ``owner``'s user-made client to ``loop`` and this process on first use; refuse
-    any other (its connections belong to them)."""
+    any other (its connections belong to them) with a :class:`ConfigurationError` that
+    ends with ``remedy``."""
     bound = owner._bound
     if bound is None:
         owner._bound = (os.getpid(), weakref.ref(loop))
@@ -200,10 +206,10 @@ def bind(owner: Any, loop: asyncio.AbstractEventLoop, what: str) -> None:
     if pid != os.getpid():
         raise ConfigurationError(
             f"{what}: the Redis client you passed was used in the parent process and cannot "
-            "be used after fork; pass client_factory= (called in each process and event loop)"
+            f"be used after fork; {remedy}"
         )
     if loop_ref() is not loop:
         raise ConfigurationError(
             f"{what}: the Redis client you passed is bound to the event loop that first used "
-            "it; pass client_factory= to use it from several event loops"
+            f"it; {remedy}"
         )

@@ -39,6 +39,7 @@ from ._redis_base import (
     check_prefix,
     check_url,
     close_client,
+    close_quietly,
     connection_options,
     drop_connections,
     new_client,
@@ -211,23 +212,27 @@ def _unavailable(what: str) -> contextlib.AbstractContextManager[None]:
 class _LoopClient:
     """The client and registered scripts of one event loop."""
 
-    def __init__(self, client: Any, owned: bool) -> None:
+    def __init__(self, client: Any, owns_client: bool, owns_pool: bool) -> None:
         self.client = client
-        self.owned = owned
+        self.owns_client = owns_client
+        self.owns_pool = owns_pool
         self.acquire = client.register_script(_ACQUIRE)
         self.release = client.register_script(_RELEASE)
         self.pause = client.register_script(_PAUSE)
 
     def abandon(self) -> None:
         """Release the sockets a closed loop left behind (no await possible)."""
-        if not self.owned:
+        if not self.owns_client:
             return
         connections = pool_connections(self.client)
         drop_connections(connections, [writer_transport(c) for c in connections])
 
     async def close(self) -> None:
-        if self.owned:
-            await close_client(self.client)
+        if not self.owns_client:
+            return
+        # A client_factory's pool is its maker's (it may serve other clients): like the
+        # token store, only a pool made from our URL is disconnected.
+        await (close_client if self.owns_pool else close_quietly)(self.client)
 
 
 class RedisRateLimiter:
@@ -239,11 +244,12 @@ class RedisRateLimiter:
 
     Give exactly one of ``url`` (extra keyword arguments go to
     :meth:`redis.asyncio.Redis.from_url`), ``client_factory`` (a callable returning a new client,
-    called once per event loop; the limiter closes what it returns) or ``client`` (a
-    ``redis.asyncio.Redis`` or ``RedisCluster`` you made (``decode_responses`` off, the default),
-    e.g. from Sentinel: it is bound to the event loop that first uses it and to its process, and
-    never closed by the limiter). Limits: ``per_second``, ``per_minute``, ``per_hour``, ``per_day``
-    and/or ``limits=[(count, seconds), ...]``; every one applies.
+    called once per event loop and process; the limiter closes the client it returns, never its
+    pool, which may be yours) or ``client`` (a ``redis.asyncio.Redis`` or ``RedisCluster`` you
+    made (``decode_responses`` off, the default), e.g. from Sentinel: it is bound to the event
+    loop that first uses it and to its process, and never closed by the limiter). Limits:
+    ``per_second``, ``per_minute``, ``per_hour``, ``per_day`` and/or ``limits=[(count,
+    seconds), ...]``; every one applies.
 
     The window runs on Redis's clock and a slot is held from the moment it is taken (right
     before the send, token in hand) until one window after the answer came back, so the
@@ -521,9 +527,9 @@ class RedisRateLimiter:
     def _create_state(self) -> _LoopClient:
         if self._user_client is not None:
             bind(self, asyncio.get_running_loop(), "RedisRateLimiter")
-            return _LoopClient(self._user_client, owned=False)
+            return _LoopClient(self._user_client, owns_client=False, owns_pool=False)
         client = new_client("redis rate limiter", self._url, self._factory, self._redis_kwargs)
-        return _LoopClient(client, owned=True)
+        return _LoopClient(client, owns_client=True, owns_pool=self._factory is None)
 
     def _after_fork(self) -> None:
         # The parent's outage is not the child's: try Redis at once.

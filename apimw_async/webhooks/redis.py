@@ -34,6 +34,7 @@ import os
 import random
 import secrets
 import socket
+import weakref
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -52,6 +53,7 @@ from .._loops import PerLoop
 from ..stores._redis_base import (
     REDIS_ERRORS,
     as_text,
+    bind,
     check_url,
     close_client,
     connection_options,
@@ -413,13 +415,22 @@ def _check_source(owner: str, client: Any, url: object, redis_kwargs: dict[str, 
 
 
 class _Connections:
-    """The Redis client: the user's own, or one made from a URL per event loop (redis-py
-    clients are bound to the loop that made their connections; see :class:`PerLoop`)."""
+    """The Redis client of each event loop (redis-py clients are bound to the loop that made
+    their connections; see :class:`PerLoop`): one made from the URL for each loop and closed
+    with it, or the user's own, bound to the loop and process that first use it (as for the
+    token store and the rate limiter, see :func:`bind`) and never closed for them."""
 
     def __init__(
-        self, client: Any, url: str | None, socket_timeout: float, redis_kwargs: dict[str, Any]
+        self,
+        owner: str,
+        client: Any,
+        url: str | None,
+        socket_timeout: float,
+        redis_kwargs: dict[str, Any],
     ) -> None:
+        self._owner = owner
         self._client = client
+        self._bound: tuple[int, weakref.ref[asyncio.AbstractEventLoop]] | None = None
         self._url = url
         #: The server, for a repr: ``<client>`` or the URL without credentials.
         self.server = "<client>" if url is None else describe_url(check_url(url))
@@ -430,20 +441,37 @@ class _Connections:
             max_connections=DEFAULT_MAX_CONNECTIONS,
             extra=redis_kwargs,
         )
-        self._clients: PerLoop[Any] = PerLoop(self._create, close=close_client)
+        self._clients: PerLoop[Any] = PerLoop(self._create, close=self._close)
+
+    @property
+    def user_made(self) -> bool:
+        """Whether the client is the user's (``client=``) rather than made from a URL."""
+        return self._client is not None
 
     def _create(self) -> Any:
+        if self._client is not None:
+            bind(
+                self,
+                asyncio.get_running_loop(),
+                self._owner,
+                f"use {self._owner}.from_url() (a client per event loop and process) or make "
+                "one in each process and event loop that uses it",
+            )
+            return self._client
         return new_client("redis webhook queue", self._url, None, self._kwargs)
 
+    async def _close(self, client: Any) -> None:
+        if self._client is None:  # a user's client is the user's to close
+            await close_client(client)
+
     def get(self) -> Any:
-        if self._client is not None:
-            return self._client
+        """The running loop's client; :class:`ConfigurationError` for a client you passed
+        that another loop or the parent process used first."""
         return self._clients.get()
 
     async def aclose(self) -> None:
-        """Close the running loop's own client (a user's client is the user's to close)."""
-        if self._client is None:
-            await self._clients.aclose()
+        """Close the running loop's own client (a user's client stays open)."""
+        await self._clients.aclose()
 
 
 def _seen_key(base: str, key: tuple[str, str]) -> str:
@@ -465,9 +493,11 @@ class RedisWebhookQueue:
     """Durable webhook intake: a Redis Stream written before the 200, consumed by a group.
 
     Pass it as ``WebhookReceiver(secret, on_event, queue=queue)``. Make it with
-    :meth:`from_url` (a client per event loop, made and closed by the queue) or with a
-    ``redis.asyncio.Redis`` / ``RedisCluster`` client you made (``decode_responses=False``;
-    its ``socket_timeout``, if any, must exceed ``block``; you close it).
+    :meth:`from_url` (a client per event loop and process, made and closed by the queue) or
+    with a ``redis.asyncio.Redis`` / ``RedisCluster`` client you made (``decode_responses=False``;
+    its ``socket_timeout``, if any, must exceed ``block``; you close it): it is bound to the
+    event loop and the process that first use it, and using the queue from another one raises
+    :class:`~apimw_async.ConfigurationError`.
 
     Intake (:meth:`put`) stores the exact body atomically with a ``(type, id)`` mark kept
     ``dedup_ttl`` seconds (``0``: no de-duplication), so a redelivery to any process is
@@ -522,7 +552,9 @@ class RedisWebhookQueue:
         socket_timeout = seconds("socket_timeout", socket_timeout)
         if url is not None and socket_timeout <= self._block:
             raise ConfigurationError("socket_timeout must exceed block")
-        self._connections = _Connections(client, url, socket_timeout, redis_kwargs)
+        self._connections = _Connections(
+            "RedisWebhookQueue", client, url, socket_timeout, redis_kwargs
+        )
         base = f"{self._prefix}:{{{self._name}}}"
         self._base = base
         self.stream_key: Final = f"{base}:stream"
@@ -643,6 +675,10 @@ class RedisWebhookQueue:
             raise ConfigurationError("this queue's consumers already run")
         if not callable(handler):
             raise ConfigurationError("handler must be an async callable taking the event")
+        if self._connections.user_made:
+            # Refused here, not in the consumer tasks: a client you passed that another loop
+            # or the parent process used first is a mistake to report, not an outage to wait.
+            self._connections.get()
         self._handler = handler
         self._free = _positive_int(concurrency, "concurrency")
         self._consumer = self._consumer_name or (
@@ -1057,7 +1093,8 @@ class RedisWebhookDedup:
     expires after the answer deadline (plus a grace), is made permanent (``ttl`` seconds) when
     the handler succeeded and deleted when it failed, so a failed event is never suppressed.
     Keys: ``{prefix}:{<name>}:seen:<h>``, the same as the queue's. Made like the queue:
-    :meth:`from_url` or a client you made.
+    :meth:`from_url` or a client you made (bound to the event loop and process that first use
+    it).
     """
 
     def __init__(
@@ -1077,7 +1114,9 @@ class RedisWebhookDedup:
         self._ttl = seconds("ttl", ttl)
         self._base = f"{self._prefix}:{{{self._name}}}"
         socket_timeout = seconds("socket_timeout", socket_timeout)
-        self._connections = _Connections(client, url, socket_timeout, redis_kwargs)
+        self._connections = _Connections(
+            "RedisWebhookDedup", client, url, socket_timeout, redis_kwargs
+        )
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisWebhookDedup:
