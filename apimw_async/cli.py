@@ -11,8 +11,8 @@ stderr, ``apimw-async: <ErrorType>: <message>``; a usage error exits 2, Ctrl-C 1
 short by a closed pipe (``apimw-async templates | head -3``) ends quietly with exit code 141
 (128 + SIGPIPE, what a shell reports for a command killed by a closed pipe, so ``set -o
 pipefail`` still sees that the output was not all read). The SDK's log records are not printed
-unless ``--verbose`` is given. On a terminal, a command that has had no answer for 2 s says
-once that it is still retrying.
+unless ``--verbose`` is given. On a terminal, a command still retrying after 2 s (waiting for
+its first token, or repeating an API call the server failed) says so once.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import enum
 import json
 import logging
 import os
+import random
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -35,6 +36,7 @@ from yarl import URL
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import DEFAULT_BASE_URL, DEFAULT_TOKEN_DEADLINE, ENV_BASE_URL, LOGGER_NAME
 from ._errors import APIMWError
+from ._retry import RetryPolicy
 from ._urls import normalize_base_url
 from ._version import __version__
 
@@ -49,7 +51,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 
-#: After this long without an answer, a terminal user is told the command is still retrying.
+#: After this long still retrying, a terminal user is told so.
 SLOW_NOTICE_AFTER = 2.0
 
 _DESCRIPTION = "Try the APIMW WhatsApp API from the shell, or run the bundled fake server."
@@ -402,22 +404,63 @@ def _host(base_url: str) -> str:
     return f"[{host}]:{url.port}" if ":" in host else f"{host}:{url.port}"
 
 
+@attrs.frozen
+class _ReportedRetries(RetryPolicy):
+    """A :class:`RetryPolicy` that also reports each retry it grants to ``on_retry``: the
+    error, the retry's number and the most allowed (the terminal note listens)."""
+
+    on_retry: Callable[[BaseException, int, int], None] = attrs.field(
+        kw_only=True, eq=False, repr=False
+    )
+
+    def next_delay(
+        self,
+        error: BaseException,
+        *,
+        attempt: int,
+        waited: float,
+        idempotent: bool,
+        now: float | None = None,
+        rng: random.Random | None = None,
+    ) -> float | None:
+        delay = super().next_delay(
+            error, attempt=attempt, waited=waited, idempotent=idempotent, now=now, rng=rng
+        )
+        if delay is not None:
+            self.on_retry(error, attempt + 1, self.max_attempts - 1)
+        return delay
+
+
+class _Retries:
+    """The latest retry of an API call of this command (set by :class:`_ReportedRetries`)."""
+
+    def __init__(self) -> None:
+        self.seen = asyncio.Event()
+        self.latest = ("", 0, 0)
+
+    def __call__(self, error: BaseException, number: int, most: int) -> None:
+        self.latest = (type(error).__name__, number, most)
+        self.seen.set()
+
+
 async def _api(args: argparse.Namespace, *, clock: Clock, stderr: TextIO, tty: bool) -> int:
     """Run one API command; ``clock`` and ``tty`` (is stderr a terminal) are injectable."""
     from ._client import Client
-    from ._retry import RetryPolicy
 
     base_url = _base_url(args)
+    retries = _Retries()
     async with Client.from_env(
         base_url=base_url,
         allow_insecure_http=args.allow_insecure_http,
         clock=clock,
         timeout=args.timeout,
-        retry_policy=RetryPolicy(max_wait=args.timeout),
+        retry_policy=_ReportedRetries(max_wait=args.timeout, on_retry=retries),
         deadline=args.timeout,
     ) as client:
         notice = (
-            asyncio.ensure_future(_slow_notice(client, clock, stderr, _host(base_url), args))
+            asyncio.ensure_future(
+                _slow_notice(client, clock, stderr, _host(base_url), args, retries)
+            )
             if tty
             else None
         )
@@ -431,18 +474,28 @@ async def _api(args: argparse.Namespace, *, clock: Clock, stderr: TextIO, tty: b
 
 
 async def _slow_notice(
-    client: Client, clock: Clock, stderr: TextIO, host: str, args: argparse.Namespace
+    client: Client,
+    clock: Clock,
+    stderr: TextIO,
+    host: str,
+    args: argparse.Namespace,
+    retries: _Retries,
 ) -> None:
-    """Tell a terminal user, once, that a command without an answer yet is still retrying."""
+    """Tell a terminal user, once, that the command is still retrying: after 2 s if it is
+    still waiting for its first token, else as soon as (after 2 s) an API call is retried."""
     await clock.sleep(SLOW_NOTICE_AFTER)
     if client.tokens.stats.tokens_obtained == 0:
         left = max(0.0, args.timeout - SLOW_NOTICE_AFTER)
-        print(
-            f"apimw-async: no answer from {host} yet, still retrying "
-            f"(giving up in {left:.0f} s; Ctrl-C to stop)",
-            file=stderr,
-            flush=True,
+        note = f"no answer from {host} yet, still retrying (giving up in {left:.0f} s"
+    else:
+        # Cancelled with the command if no retry comes.
+        await retries.seen.wait()
+        error, number, most = retries.latest
+        note = (
+            f"no successful answer from {host} yet ({error}), still retrying "
+            f"(retry {number} of {most}"
         )
+    print(f"apimw-async: {note}; Ctrl-C to stop)", file=stderr, flush=True)
 
 
 async def _command(client: Client, args: argparse.Namespace) -> None:

@@ -2,22 +2,29 @@
 
 Run by tests/test_fleet.py (``multiprocessing`` spawn or fork) and examples/fleet_workers.py.
 The result (counters, errors, the access tokens seen) is written as JSON to ``result_path``.
+:func:`revocation_main` is a second process for tests/test_fleet_coordination.py, driven step by
+step through a pipe.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import time
 import traceback
 from typing import Any
 
-from apimw_async import Client, Credentials, TokenManager
+from apimw_async import Client, Credentials, FakeClock, TokenManager
+from apimw_async._config import STORE_CHECK_INTERVAL
 from apimw_async.stores.redis import RedisTokenStore
 
-__all__ = ["fork_main", "run_worker", "use_client", "worker_main"]
+__all__ = ["fork_main", "revocation_main", "run_worker", "use_client", "worker_main"]
+
+#: Real seconds a driven worker waits for its next step or for what a step triggers.
+STEP_TIMEOUT = 60.0
 
 
 async def use_client(
@@ -123,3 +130,78 @@ def fork_main(client: Client, config: dict[str, Any], result_path: str) -> None:
     finally:
         with open(result_path, "w", encoding="utf-8") as out:
             json.dump(result, out)
+
+
+class _RevocationSeen(logging.Handler):
+    """Sets ``event`` when the token manager logs that another process revoked its token."""
+
+    def __init__(self, event: asyncio.Event) -> None:
+        super().__init__(logging.INFO)
+        self._event = event
+        self._loop = asyncio.get_running_loop()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "revoked by another process" in record.getMessage():
+            self._loop.call_soon_threadsafe(self._event.set)
+
+
+async def _next_step(conn: Any) -> Any:
+    """The parent's next message, read without blocking the event loop."""
+    loop = asyncio.get_running_loop()
+    if not await loop.run_in_executor(None, conn.poll, STEP_TIMEOUT):
+        raise TimeoutError(f"no message from the test within {STEP_TIMEOUT:g} s")
+    return conn.recv()
+
+
+async def _revocation_steps(config: dict[str, Any], conn: Any) -> None:
+    # The worker's own fake clock (same wall-clock origin as the test's) lets the test move
+    # it to the next store check instead of waiting STORE_CHECK_INTERVAL of real time.
+    clock = FakeClock()
+    seen = asyncio.Event()
+    handler = _RevocationSeen(seen)
+    token_log = logging.getLogger("apimw_async.tokens")
+    token_log.addHandler(handler)
+    token_log.setLevel(logging.INFO)
+    store = RedisTokenStore.from_url(config["redis_url"], prefix=config["prefix"])
+    client = Client(
+        Credentials(config["api_key"], config["api_secret"]),
+        base_url=config["base_url"],
+        store=store,
+        clock=clock,
+    )
+    try:
+        async with client:
+            # Step 1: obtain the pair (it goes to the store) and use it; the first look at
+            # the store happens now, so the next one is due STORE_CHECK_INTERVAL later.
+            await client.auth.me()
+            await client.tokens.get_token()
+            conn.send(("holding", None))
+            assert await _next_step(conn) == "revoked"
+            # Step 2: the parent revoked the pair. Move to the next store check (the call
+            # starts it and returns the token held, which is not sent), wait until this
+            # process has seen the revocation, then use the client again.
+            clock.advance(STORE_CHECK_INTERVAL)
+            await client.tokens.get_token()
+            await asyncio.wait_for(seen.wait(), STEP_TIMEOUT)
+            calls = config.get("calls_after", 10)
+            await asyncio.gather(*(client.auth.me() for _ in range(calls)))
+            conn.send(("done", client.tokens.stats.as_dict()))
+    finally:
+        token_log.removeHandler(handler)
+        await store.aclose()
+
+
+def revocation_main(config: dict[str, Any], conn: Any) -> None:
+    """Process entry point: hold the shared pair, then go on after the parent revoked it.
+
+    Sends ``("holding", None)`` once it has obtained and used the pair, waits for
+    ``"revoked"``, then sends ``("done", stats)`` once it has seen the revocation through the
+    store and made ``calls_after`` API calls; ``("crash", traceback)`` on any failure.
+    """
+    try:
+        asyncio.run(_revocation_steps(config, conn))
+    except BaseException:
+        conn.send(("crash", traceback.format_exc()[-4000:]))
+        raise
+    finally:
+        conn.close()

@@ -22,8 +22,16 @@ from typing import Any, TypeVar
 
 import pytest
 
-from apimw_async import Client, ConfigurationError, Credentials, FakeClock, TokenUnavailableError
-from apimw_async.cli import _api, _parser, main
+from apimw_async import (
+    Client,
+    ConfigurationError,
+    Credentials,
+    FakeClock,
+    ServerError,
+    TokenUnavailableError,
+)
+from apimw_async import cli as cli_module
+from apimw_async.cli import SLOW_NOTICE_AFTER, _api, _parser, main
 from apimw_async.testing import FakeAPIMW
 
 T = TypeVar("T")
@@ -487,22 +495,45 @@ async def run_api(
     line of stderr appeared.
     """
     err = io.StringIO()
+    task = start_api(clock, err, *argv, tty=tty)
+    return await finish_api(clock, task, err, tty=tty, start=clock.monotonic())
+
+
+def start_api(clock: FakeClock, err: io.StringIO, *argv: str, tty: bool) -> asyncio.Task[int]:
     args = _parser().parse_args(list(argv))
-    task = asyncio.ensure_future(_api(args, clock=clock, stderr=err, tty=tty))
+    return asyncio.ensure_future(_api(args, clock=clock, stderr=err, tty=tty))
+
+
+async def finish_api(
+    clock: FakeClock,
+    task: asyncio.Task[int],
+    err: io.StringIO,
+    *,
+    tty: bool,
+    start: float,
+) -> tuple[BaseException | None, str, list[float]]:
+    """Drive ``task`` (started at ``start`` on the clock) to its end; see :func:`run_api`."""
     seen_at: list[float] = []
     while not task.done():
-        # Asleep together: the command's retry backoff and, until it has spoken, the note.
-        sleepers = 2 if tty and NOTE not in err.getvalue() else 1
+        # Asleep together: the command's retry backoff and, for its first 2 s, the note
+        # (after that the note waits for a retry, not for the clock).
+        sleepers = 2 if tty and clock.monotonic() < start + SLOW_NOTICE_AFTER else 1
         waiter = asyncio.ensure_future(clock.wait_for_sleepers(sleepers))
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        note_lines(err, seen_at, clock)  # a note printed meanwhile, e.g. when a retry began
         if waiter.done():
             clock.advance_to_next_deadline()
             await asyncio.sleep(0)  # let a woken note print before the next reading
         else:
             waiter.cancel()
-        while len(seen_at) < err.getvalue().count("\n"):
-            seen_at.append(clock.monotonic())
+        note_lines(err, seen_at, clock)
     return task.exception(), err.getvalue(), seen_at
+
+
+def note_lines(err: io.StringIO, seen_at: list[float], clock: FakeClock) -> None:
+    """Record the clock reading for each line that appeared on ``err`` since the last call."""
+    while len(seen_at) < err.getvalue().count("\n"):
+        seen_at.append(clock.monotonic())
 
 
 async def test_on_a_terminal_a_note_says_it_is_still_retrying(
@@ -549,3 +580,67 @@ async def test_no_note_once_the_server_answered(
     assert error is None
     assert err == ""
     assert fake.stats.calls["templates"] >= 3
+
+
+@pytest.mark.apimw_clock(auto_advance=False)
+async def test_a_note_while_an_api_call_is_being_retried(
+    clock: FakeClock, fake: FakeAPIMW, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("APIMW_API_KEY", fake.credentials.api_key)
+    monkeypatch.setenv("APIMW_API_SECRET", fake.credentials.api_secret)
+    # The token comes at once; the GET is answered 429 "retry after 3 s", then 200.
+    fake.faults.add("me", status=429, retry_after=3)
+    start = clock.monotonic()
+    error, err, seen_at = await run_api(clock, "me", "--base-url", fake.base_url, tty=True)
+    assert error is None
+    assert err == (
+        f"apimw-async: no successful answer from 127.0.0.1:{fake.port} yet (RateLimitError), "
+        f"{NOTE} (retry 1 of 2; Ctrl-C to stop)\n"
+    )
+    assert seen_at == [start + 2.0]  # once, after 2 s, while the retry waited
+    assert start + 3.0 <= clock.monotonic() <= start + 3.3  # the advised wait (+ jitter)
+    assert fake.stats.calls["me"] == 2
+
+
+@pytest.mark.apimw_clock(auto_advance=False)
+async def test_the_note_comes_when_a_retry_starts_after_two_seconds(
+    clock: FakeClock, fake: FakeAPIMW, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("APIMW_API_KEY", fake.credentials.api_key)
+    monkeypatch.setenv("APIMW_API_SECRET", fake.credentials.api_secret)
+    start = clock.monotonic()
+    err = io.StringIO()
+    fake.hold("me")
+    task = start_api(clock, err, "me", "--base-url", fake.base_url, tty=True)
+    await fake.wait_arrivals(1)  # the token came; the GET waits at the server
+    clock.advance(SLOW_NOTICE_AFTER)  # only the note was asleep: 2 s without a retry
+    for _ in range(5):
+        await asyncio.sleep(0)  # the note wakes, finds no retry yet and says nothing
+    assert err.getvalue() == ""
+    # Now the GET is answered 503 again and again: retried (idempotent), then given up.
+    fake.faults.add("me", status=503, times=3)
+    fake.release("me")
+    error, text, seen_at = await finish_api(clock, task, err, tty=True, start=start)
+    assert isinstance(error, ServerError)
+    assert text == (
+        f"apimw-async: no successful answer from 127.0.0.1:{fake.port} yet (ServerError), "
+        f"{NOTE} (retry 1 of 2; Ctrl-C to stop)\n"
+    )
+    assert seen_at == [start + 2.0]  # said when the first retry was decided, not before
+    assert fake.stats.calls["me"] == 3
+
+
+def test_one_note_and_one_error_line_on_a_terminal(
+    served: Served, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through ``main()``: a GET refused with 429 "retry after 3 s" until the CLI gives up.
+    stderr is a terminal; the clock jumps whenever the command only waits on it."""
+    monkeypatch.setattr(cli_module, "_isatty", lambda stream: True)
+    monkeypatch.setattr(cli_module, "SYSTEM_CLOCK", FakeClock(auto_advance=True))
+    served.call(lambda: served.fake.faults.add("me", status=429, retry_after=3, times=3))
+    code, out, err = run(capsys, "me")
+    assert (code, out) == (1, "")
+    note, error = err.splitlines()
+    assert NOTE in note
+    assert error.startswith("apimw-async: RateLimitError: ")
+    assert served.fake.stats.calls["me"] == 3

@@ -2,19 +2,22 @@
 a lease renewed while its holder works and scaled down for short tokens, a WARNING while a
 process waits on another's lease.
 
-Time is a FakeClock (leases of MemoryTokenStore expire on it); the revocation test runs two
-managers on one real redis-server, as two processes would.
+Time is a FakeClock (leases of MemoryTokenStore expire on it); the revocation tests run on one
+real redis-server: managers in this process with their own connections, and a spawned second
+process (tests/fleet_worker.py) driven step by step through a pipe.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import random
 import uuid
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from apimw_async import FakeClock, TokenManager
 from apimw_async._config import STORE_CHECK_INTERVAL
@@ -22,6 +25,7 @@ from apimw_async.stores import MemoryTokenStore
 from apimw_async.testing import FakeAPIMW
 
 from .conftest import drive
+from .fleet_worker import revocation_main
 
 HANG_GUARD = 60.0
 
@@ -182,6 +186,97 @@ async def test_revoke_reaches_every_process_through_the_store(
         for tm in (a, b, c):
             await tm.aclose()
         for store in stores:
+            await store.aclose()
+
+
+class BearerRecordingFake(FakeAPIMW):
+    """The fake server, also recording the bearer token of every request, in order."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.bearers: list[tuple[str, str | None]] = []
+
+    def _bearer(self, request: web.Request) -> tuple[str | None, Any]:
+        bearer, failure = super()._bearer(request)
+        self.bearers.append((request.path.rsplit("/", 1)[-1], bearer))
+        return bearer, failure
+
+
+async def receive(conn: Any, expected: str) -> Any:
+    """The worker's next message, which must be ``expected`` (read off the event loop)."""
+    loop = asyncio.get_running_loop()
+    assert await loop.run_in_executor(None, conn.poll, HANG_GUARD), f"no {expected!r} in time"
+    kind, payload = conn.recv()
+    assert kind == expected, payload
+    return payload
+
+
+@pytest.mark.apimw_clock(auto_advance=False)
+async def test_revoke_is_seen_by_a_second_process(
+    clock: FakeClock, redis_url: str, redis_prefix: str
+) -> None:
+    """A spawned process holds the shared pair; this one revokes it. At its next look at the
+    store the other process drops the pair: the server never sees the revoked access token from
+    it again, nor the pair's refresh token (the worker's clock is moved to that look by message,
+    not waited for)."""
+    from apimw_async.stores.redis import RedisTokenStore
+
+    fake = BearerRecordingFake(clock=clock, reuse_detection=True)
+    async with fake:
+        ctx = multiprocessing.get_context("spawn")
+        conn, child_conn = ctx.Pipe()
+        config = {
+            "base_url": fake.base_url,
+            "api_key": fake.credentials.api_key,
+            "api_secret": fake.credentials.api_secret,
+            "redis_url": redis_url,
+            "prefix": redis_prefix,
+            "calls_after": 10,
+        }
+        worker = ctx.Process(target=revocation_main, args=(config, child_conn), name="revoker")
+        worker.start()
+        child_conn.close()
+        store = RedisTokenStore.from_url(redis_url, prefix=redis_prefix)
+        tm = manager(fake, store, clock, 0)
+        try:
+            await receive(conn, "holding")
+            [(_, held)] = fake.bearers  # the worker's one API call so far
+            assert fake.stats.token_calls == 1
+
+            revoked = await tm.get_token()
+            assert revoked.access_token == held  # the shared pair, adopted
+            assert tm.stats.adopted == 1
+            assert await tm.revoke()
+            assert not fake.is_access_token_valid(held)
+            assert fake.bearers[-1] == ("revoke", held)
+            revoked_at = len(fake.bearers)
+
+            conn.send("revoked")
+            stats = await receive(conn, "done")
+            await asyncio.get_running_loop().run_in_executor(None, worker.join, HANG_GUARD)
+            assert worker.exitcode == 0
+
+            after = fake.bearers[revoked_at:]
+            assert len(after) == 10  # the worker's calls after it saw the revocation
+            assert all(token is not None and token != held for _, token in after)
+            fresh = after[0][1]
+            assert {token for _, token in after} == {fresh}  # one new pair for all of them
+            assert fake.stats.unauthorized == 0  # no request with the revoked token got a 401
+            assert fake.stats.refresh_calls == 0  # the revoked pair's refresh token: never sent
+            assert fake.stats.token_calls == 2  # the new pair: from the credentials, once
+            assert stats["token_calls"] == 2
+            assert stats["refresh_calls"] == 0
+            assert stats["invalidations"] == 0  # learnt from the store, not from a 401
+
+            # The worker shared its new pair: this process adopts it.
+            assert (await tm.get_token()).access_token == fresh
+            assert fake.stats.token_calls == 2
+        finally:
+            conn.close()
+            if worker.exitcode is None:
+                worker.kill()
+            worker.join(10)
+            await tm.aclose()
             await store.aclose()
 
 

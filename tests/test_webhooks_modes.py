@@ -275,3 +275,50 @@ async def test_start_without_a_queue_is_harmless_and_closed_receiver_cannot_star
     await receiver.aclose()
     with pytest.raises(ConfigurationError):
         await receiver.start()
+
+
+# --- what a store failure says in the log -------------------------------------------------------
+
+
+class RefusingQueue:
+    """A queue that cannot store anything, failing with ``error``."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    async def put(self, event: WebhookEvent, raw_body: bytes) -> bool:
+        raise self.error
+
+    async def start(self, handler: object, *, concurrency: int) -> None:
+        return None
+
+    async def aclose(self, timeout: float | None = None) -> None:
+        return None
+
+
+async def test_a_store_failure_of_ours_is_logged_with_its_advice(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    advice = "RedisWebhookQueue: this client was used in the parent process; use from_url()"
+    receiver = WebhookReceiver(SECRET, Recorder(), queue=RefusingQueue(ConfigurationError(advice)))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        reply = await deliver(receiver, event_body("evt_1"))
+    assert reply.status == 503
+    assert receiver.stats.queue_errors == 1
+    assert any(advice in record.getMessage() for record in caplog.records)
+    await receiver.aclose()
+
+
+async def test_a_foreign_store_failure_is_logged_by_its_type_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Another library's text may carry a connection URL with its password.
+    secret_url = "redis://:hunter2-password@10.0.0.5:6379/0"
+    receiver = WebhookReceiver(SECRET, Recorder(), queue=RefusingQueue(OSError(secret_url)))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        reply = await deliver(receiver, event_body("evt_1"))
+    assert reply.status == 503
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("OSError" in message for message in messages)
+    assert not any("hunter2" in message for message in messages)
+    await receiver.aclose()

@@ -22,7 +22,7 @@ from typing import Any, Final, Literal, Protocol, runtime_checkable
 import attrs
 
 from .._config import LOGGER_NAME
-from .._errors import ConfigurationError
+from .._errors import APIMWError, ConfigurationError
 from ._events import VerificationChallenge, WebhookEvent, WebhookPayloadError, parse_event
 from ._signature import SIGNATURE_HEADER, _key, verify_signature
 
@@ -476,7 +476,7 @@ class WebhookReceiver:
             self.stats.dedup_errors += 1
             log.warning(
                 "webhook de-duplication unavailable (%s); handling the event anyway",
-                type(exc).__name__,
+                _why(exc),
             )
             return "new"
 
@@ -490,7 +490,7 @@ class WebhookReceiver:
                 await asyncio.wait_for(self._dedup.release(key), self._answer_timeout)
         except Exception as exc:
             self.stats.dedup_errors += 1
-            log.warning("webhook de-duplication update failed (%s)", type(exc).__name__)
+            log.warning("webhook de-duplication update failed (%s)", _why(exc))
 
     async def _enqueue(self, queue: WebhookQueue, event: WebhookEvent, body: bytes) -> WebhookReply:
         try:
@@ -502,7 +502,7 @@ class WebhookReceiver:
                 "webhook event %r %r not stored (%s); answered 503 so APIMW redelivers it",
                 event.type,
                 event.id,
-                type(exc).__name__,
+                _why(exc),
             )
             return _NOT_STORED
         if stored:
@@ -658,3 +658,12 @@ def _retrieve(task: asyncio.Task[None]) -> None:
     # retrieved so asyncio never reports "Task exception was never retrieved".
     if not task.cancelled():
         task.exception()
+
+
+def _why(exc: BaseException) -> str:
+    """What a warning says of a store failure: the SDK's own errors carry no secret and say
+    what to do (a client bound to another process, Redis unreachable...), so their message is
+    shown; of anything else only the type, since its text may hold a connection URL."""
+    if isinstance(exc, APIMWError):
+        return f"{type(exc).__name__}: {exc}"
+    return type(exc).__name__
