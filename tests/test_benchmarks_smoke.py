@@ -8,48 +8,26 @@ Timings are never asserted: speed is judged in benchmarks/RESULTS.md, as ratios 
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from .quick_bench import run_quick_benchmark
 
 pytest.importorskip("authlib", reason="the benchmark peers come from the bench extra")
 pytest.importorskip("azure.core", reason="the benchmark peers come from the bench extra")
 
 
 def test_quick_benchmark_smoke_run(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
     strategies = "static,naive+lock,apimw_async Client,apimw_async middleware"
-    proc = subprocess.run(  # noqa: S603 - our own interpreter and package
-        [
-            sys.executable,
-            "-m",
-            "benchmarks",
-            "--quick",
-            "--no-plot",
-            "-q",
-            "--idle-wait",
-            "0",
-            "--only",
-            "cold-burst,lost-refresh",
-            "--strategies",
-            strategies,
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    stdout, runs = run_quick_benchmark(
+        tmp_path,
+        "--only",
+        "cold-burst,lost-refresh",
+        "--strategies",
+        strategies,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "cold-burst" in proc.stdout
-    runs = json.loads(out.read_text())["runs"]
+    assert "cold-burst" in stdout
     ours = [r for r in runs if r["strategy"].startswith("apimw_async")]
     assert {r["workload"] for r in ours} == {"cold-burst", "lost-refresh"}
     for run in ours:
@@ -67,33 +45,14 @@ def test_quick_benchmark_smoke_run(tmp_path: Path) -> None:
 def test_oversubscription_smoke_run(tmp_path: Path) -> None:
     """The oversubscription workload at one factor: every row runs, ours without errors and
     without a caller waiting for a token while a valid one was held."""
-    out = tmp_path / "oversub.json"
-    proc = subprocess.run(  # noqa: S603 - our own interpreter and package
-        [
-            sys.executable,
-            "-m",
-            "benchmarks",
-            "--quick",
-            "--no-plot",
-            "-q",
-            "--idle-wait",
-            "0",
-            "--only",
-            "oversubscription",
-            "--factors",
-            "2",
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    stdout, runs = run_quick_benchmark(
+        tmp_path,
+        "--only",
+        "oversubscription",
+        "--factors",
+        "2",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "max vs fair p99.9" in proc.stdout
-    runs = json.loads(out.read_text())["runs"]
+    assert "max vs fair p99.9" in stdout
     assert {r["strategy"] for r in runs} == {
         "static",
         "static+fifo",
